@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 
 pub use engine::{ModelInput, PolicyEngine};
 pub use error::{Error, Result};
