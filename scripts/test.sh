@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"; CI's .ci/run calls it on a fresh CPU machine).
+# 1. Rust toolchain checks: rustfmt, clippy (-D warnings), cargo test (unit, golden, bag,
+#    checkpoint, pipeline tests; GPU tests skip with a message when no GPU is present).
+# 2. The ROS 2 node built against the ROS 2 Jazzy wheels from PyPI, and its integration tests
+#    in a loopback-only network namespace (scripts/ros-test.sh).
+# Set PI0_SKIP_ROS=1 to run only step 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+stage() { echo; echo "=== $* ($(( $(date +%s) - start )) s) ==="; }
+
+stage "python venv with ROS 2 Jazzy wheels and rosbags (scripts/ros-env.sh)"
+if [[ "${PI0_SKIP_ROS:-0}" != 1 ]]; then
+    # shellcheck source=scripts/ros-env.sh
+    source scripts/ros-env.sh
+    export PI0_PYTHON="$PWD/.ros/bin/python"
+fi
+
+stage "cargo fmt --check"
+cargo fmt --all -- --check
+
+stage "cargo clippy (no features) -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+stage "cargo test"
+cargo test -- --nocapture 2>&1 | tee target/cargo-test.log | grep -E "^(test |running|test result)|skipping|golden|rel" || true
+if grep -q "^test result: FAILED" target/cargo-test.log || ! grep -q "^test result" target/cargo-test.log; then
+    echo "cargo test FAILED (full log: target/cargo-test.log)"; tail -80 target/cargo-test.log; exit 1
+fi
+if grep -qE "^error(\[|:)" target/cargo-test.log; then
+    echo "cargo test did not build"; grep -E "^error" -A12 target/cargo-test.log | head -80; exit 1
+fi
+
+if [[ "${PI0_SKIP_ROS:-0}" != 1 ]]; then
+    stage "ROS 2 node build + integration tests (scripts/ros-test.sh)"
+    scripts/ros-test.sh
+fi
+stage "all tests passed"
