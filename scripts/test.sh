@@ -24,12 +24,17 @@ stage "cargo clippy (no features) -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 stage "cargo test"
-cargo test -- --nocapture 2>&1 | tee target/cargo-test.log | grep -E "^(test |running|test result)|skipping|golden|rel" || true
-if grep -q "^test result: FAILED" target/cargo-test.log || ! grep -q "^test result" target/cargo-test.log; then
-    echo "cargo test FAILED (full log: target/cargo-test.log)"; tail -80 target/cargo-test.log; exit 1
-fi
-if grep -qE "^error(\[|:)" target/cargo-test.log; then
-    echo "cargo test did not build"; grep -E "^error" -A12 target/cargo-test.log | head -80; exit 1
+mkdir -p target
+set +e
+cargo test -- --nocapture > target/cargo-test.log 2>&1
+rc=$?
+set -e
+# The summary lines plus what the tests print about golden figures and skips.
+grep -E "^(test |running |test result)|skipping|golden|rel L2" target/cargo-test.log || true
+if [[ $rc -ne 0 ]]; then
+    echo "cargo test FAILED (exit $rc); the end of target/cargo-test.log:"
+    tail -100 target/cargo-test.log
+    exit 1
 fi
 
 if [[ "${PI0_SKIP_ROS:-0}" != 1 ]]; then

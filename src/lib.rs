@@ -5,11 +5,14 @@
 //! reference engine), `gpu` (the CUDA engine), `engine` (the interface both implement),
 //! `bag` (rosbag2 I/O), `ros` (the r2r node, behind the `ros` feature).
 
+pub mod bag;
 pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod model;
 pub mod pipeline;
+#[cfg(feature = "ros")]
+pub mod ros;
 
 pub use engine::{ModelInput, PolicyEngine};
 pub use error::{Error, Result};

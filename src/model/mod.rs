@@ -5,3 +5,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod keys;
+pub mod normalize;
+pub mod preprocess;
+pub mod tokenizer;
