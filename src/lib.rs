@@ -6,6 +6,7 @@
 //! `bag` (rosbag2 I/O), `ros` (the r2r node, behind the `ros` feature).
 
 pub mod bag;
+pub mod bag;
 pub mod cpu;
 pub mod engine;
 pub mod error;
