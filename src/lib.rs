@@ -10,6 +10,7 @@ pub mod bag;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod gpu;
 pub mod model;
 pub mod pipeline;
 #[cfg(feature = "ros")]

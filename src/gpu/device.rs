@@ -1,0 +1,384 @@
+//! Device memory, the NVRTC-compiled kernel library (disk-cached) and raw kernel launches.
+//! Kernels are loaded context-independently (cuLibraryLoadData / cuLibraryGetKernel) so the same
+//! handles launch on primary-context streams and on green-context streams.
+
+use std::ffi::{c_void, CString};
+use std::path::PathBuf;
+
+use cudarc::driver::{result as dr, sys};
+
+use crate::error::{Error, Result};
+
+pub(crate) fn cu(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Gpu(format!("{what}: {r:?}")))
+    }
+}
+
+pub(crate) fn drv<T>(r: std::result::Result<T, dr::DriverError>, what: &str) -> Result<T> {
+    r.map_err(|e| Error::Gpu(format!("{what}: {e:?}")))
+}
+
+/// A device allocation (freed on drop). Plain `cuMemAlloc`; the address is what kernels get.
+pub struct DBuf {
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl DBuf {
+    pub fn new(bytes: usize) -> Result<Self> {
+        let bytes = bytes.max(256);
+        // SAFETY: plain allocation in the current (primary) context; zeroed so that unwritten
+        // padding never holds garbage.
+        let ptr = drv(unsafe { dr::malloc_sync(bytes) }, "cuMemAlloc")?;
+        drv(unsafe { dr::memset_d8_sync(ptr, 0, bytes) }, "cuMemsetD8")?;
+        Ok(DBuf { ptr, bytes })
+    }
+    pub fn from_slice<T: Copy>(data: &[T]) -> Result<Self> {
+        let b = Self::new(std::mem::size_of_val(data))?;
+        b.upload(data)?;
+        Ok(b)
+    }
+    pub fn upload<T: Copy>(&self, data: &[T]) -> Result<()> {
+        let n = std::mem::size_of_val(data);
+        if n > self.bytes {
+            return Err(Error::Gpu(format!("upload of {n} bytes into {} bytes", self.bytes)));
+        }
+        // SAFETY: size checked above; synchronous copy from host memory.
+        drv(unsafe { dr::memcpy_htod_sync(self.ptr, data) }, "cuMemcpyHtoD")
+    }
+    /// Address of element `i` of type T.
+    pub fn at<T>(&self, i: usize) -> u64 {
+        self.ptr + (i * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl Drop for DBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_sync and freed once.
+        let _ = unsafe { dr::free_sync(self.ptr) };
+    }
+}
+
+/// Pinned host staging memory.
+pub struct Pinned {
+    ptr: *mut u8,
+    pub bytes: usize,
+}
+unsafe impl Send for Pinned {}
+unsafe impl Sync for Pinned {}
+
+impl Pinned {
+    pub fn new(bytes: usize) -> Result<Self> {
+        let bytes = bytes.max(64);
+        // SAFETY: page-locked host allocation, freed on drop.
+        let ptr = drv(unsafe { dr::malloc_host(bytes, 0) }, "cuMemHostAlloc")? as *mut u8;
+        Ok(Pinned { ptr, bytes })
+    }
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host.
+        let _ = unsafe { dr::free_host(self.ptr as *mut c_void) };
+    }
+}
+
+/// Async host→device copy from pinned (or pageable) memory.
+pub(crate) fn htod_async(dst: u64, src: *const u8, bytes: usize, stream: sys::CUstream) -> Result<()> {
+    // SAFETY: caller guarantees src holds `bytes` bytes that stay valid until the copy ran.
+    cu(unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream) }, "cuMemcpyHtoDAsync")
+}
+
+pub(crate) fn dtoh_async(dst: *mut u8, src: u64, bytes: usize, stream: sys::CUstream) -> Result<()> {
+    // SAFETY: as above.
+    cu(unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream) }, "cuMemcpyDtoHAsync")
+}
+
+/// 2-D device copy: `height` rows of `width` bytes.
+pub(crate) fn copy_2d(
+    dst: u64,
+    dst_pitch: usize,
+    src: u64,
+    src_pitch: usize,
+    width: usize,
+    height: usize,
+    stream: sys::CUstream,
+) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    // SAFETY: all-zero is a valid CUDA_MEMCPY2D to start from.
+    let mut p: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
+    p.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+    p.srcDevice = src;
+    p.srcPitch = src_pitch;
+    p.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+    p.dstDevice = dst;
+    p.dstPitch = dst_pitch;
+    p.WidthInBytes = width;
+    p.Height = height;
+    // SAFETY: both regions are device allocations of at least pitch*height bytes.
+    cu(unsafe { sys::cuMemcpy2DAsync_v2(&p, stream) }, "cuMemcpy2DAsync")
+}
+
+/// Kernel arguments, passed by value.
+#[derive(Clone, Copy, Debug)]
+pub enum A {
+    /// A device pointer.
+    P(u64),
+    I(i32),
+    F(f32),
+    L(i64),
+}
+
+macro_rules! kernels {
+    ($($id:ident = $name:literal),* $(,)?) => {
+        /// Every kernel in kernels/*.cu.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[allow(non_camel_case_types)]
+        pub enum K { $($id),* }
+        const KERNEL_NAMES: &[&str] = &[$($name),*];
+    };
+}
+
+kernels! {
+    LayerNorm = "layernorm_k",
+    RmsNorm = "rmsnorm_k",
+    Rope = "rope_qkv_k",
+    Softmax = "softmax_k",
+    Patchify = "patchify_k",
+    Embed = "embed_k",
+    GeluMul = "gelu_mul_k",
+    ActionIn = "action_in_k",
+    StateProj = "state_proj_k",
+    OutEuler = "out_euler_k",
+    Skinny = "skinny_gemm_k",
+}
+
+/// The CUDA sources, concatenated in this order for one NVRTC compilation.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../kernels/common.cuh")),
+    ("norm.cu", include_str!("../../kernels/norm.cu")),
+    ("attention.cu", include_str!("../../kernels/attention.cu")),
+    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
+    ("skinny_gemm.cu", include_str!("../../kernels/skinny_gemm.cu")),
+];
+
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The loaded kernel library.
+pub struct Kernels {
+    lib: sys::CUlibrary,
+    kernels: Vec<sys::CUkernel>,
+    pub arch: String,
+    pub cache_file: Option<PathBuf>,
+    pub from_cache: bool,
+}
+// SAFETY: CUlibrary / CUkernel handles are context-independent and usable from any thread.
+unsafe impl Send for Kernels {}
+unsafe impl Sync for Kernels {}
+
+impl Drop for Kernels {
+    fn drop(&mut self) {
+        // SAFETY: loaded once by cuLibraryLoadData.
+        unsafe { sys::cuLibraryUnload(self.lib) };
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("PI0_KERNEL_CACHE") {
+        return Some(PathBuf::from(x));
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(x).join("pi0_mps"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("pi0_mps"))
+}
+
+/// NVRTC architecture name for a compute capability (sm_90a on Hopper for wgmma/setmaxnreg).
+pub fn arch_for(major: i32, minor: i32) -> String {
+    if major == 9 && minor == 0 {
+        "sm_90a".into()
+    } else {
+        format!("sm_{major}{minor}")
+    }
+}
+
+fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result as nr, sys as ns};
+    let csrc = CString::new(src).map_err(|_| Error::Gpu("kernel source has a NUL byte".into()))?;
+    let prog = nr::create_program(&csrc, Some(c"pi0_kernels.cu"))
+        .map_err(|e| Error::Gpu(format!("nvrtcCreateProgram: {e:?}")))?;
+    let opts = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-default-device".to_string(),
+        "--extra-device-vectorization".to_string(),
+    ];
+    // SAFETY: prog is valid until destroyed below.
+    let res = unsafe { nr::compile_program(prog, &opts) };
+    let log = unsafe { nr::get_program_log(prog) }
+        .map(|l| {
+            let bytes: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default();
+    if let Err(e) = res {
+        unsafe {
+            let _ = nr::destroy_program(prog);
+        }
+        return Err(Error::Gpu(format!("NVRTC compile for {arch} failed ({e:?}):\n{log}")));
+    }
+    let mut size = 0usize;
+    // SAFETY: prog compiled successfully.
+    let cubin = unsafe {
+        let r = ns::nvrtcGetCUBINSize(prog, &mut size);
+        if r != ns::nvrtcResult::NVRTC_SUCCESS {
+            let _ = nr::destroy_program(prog);
+            return Err(Error::Gpu(format!("nvrtcGetCUBINSize: {r:?}")));
+        }
+        let mut buf = vec![0u8; size];
+        let r = ns::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char);
+        let _ = nr::destroy_program(prog);
+        if r != ns::nvrtcResult::NVRTC_SUCCESS {
+            return Err(Error::Gpu(format!("nvrtcGetCUBIN: {r:?}")));
+        }
+        buf
+    };
+    if !log.trim().is_empty() {
+        log::debug!("NVRTC log: {log}");
+    }
+    Ok(cubin)
+}
+
+impl Kernels {
+    /// Compiles (or reads from the disk cache) and loads all kernels for compute capability
+    /// (major, minor). Cache key: source hash + arch + driver version.
+    pub fn load(major: i32, minor: i32) -> Result<Self> {
+        let arch = arch_for(major, minor);
+        let mut src = String::new();
+        for (name, text) in SOURCES {
+            src.push_str(&format!("// ---- {name} ----\n"));
+            src.push_str(text);
+            src.push('\n');
+        }
+        let mut driver = 0i32;
+        // SAFETY: plain query.
+        cu(unsafe { sys::cuDriverGetVersion(&mut driver) }, "cuDriverGetVersion")?;
+        let hash = fnv1a(src.as_bytes(), 0xcbf29ce484222325);
+        let file = cache_dir().map(|d| d.join(format!("kernels-{hash:016x}-{arch}-drv{driver}.cubin")));
+        let mut from_cache = false;
+        let cubin = match file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+            Some(b) if !b.is_empty() => {
+                from_cache = true;
+                b
+            }
+            _ => {
+                let b = nvrtc_compile(&src, &arch)?;
+                if let Some(f) = &file {
+                    if let Some(d) = f.parent() {
+                        let _ = std::fs::create_dir_all(d);
+                    }
+                    let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, &b).is_ok() {
+                        let _ = std::fs::rename(&tmp, f);
+                    }
+                }
+                b
+            }
+        };
+        let mut lib: sys::CUlibrary = std::ptr::null_mut();
+        // SAFETY: cubin is a complete image; no JIT or library options.
+        cu(
+            unsafe {
+                sys::cuLibraryLoadData(
+                    &mut lib,
+                    cubin.as_ptr() as *const c_void,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    0,
+                )
+            },
+            "cuLibraryLoadData",
+        )?;
+        let mut kernels = Vec::new();
+        for name in KERNEL_NAMES {
+            let mut k: sys::CUkernel = std::ptr::null_mut();
+            let c = CString::new(*name).unwrap();
+            // SAFETY: lib is loaded; name is NUL-terminated.
+            cu(unsafe { sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()) }, &format!("cuLibraryGetKernel({name})"))?;
+            kernels.push(k);
+        }
+        Ok(Kernels { lib, kernels, arch, cache_file: file, from_cache })
+    }
+
+    /// Raises a kernel's dynamic shared memory limit on `dev`.
+    pub fn set_max_smem(&self, k: K, bytes: i32, dev: sys::CUdevice) -> Result<()> {
+        // SAFETY: valid kernel handle.
+        cu(
+            unsafe {
+                sys::cuKernelSetAttribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                    self.kernels[k as usize],
+                    dev,
+                )
+            },
+            "cuKernelSetAttribute",
+        )
+    }
+
+    /// Launches kernel `k` on `stream`.
+    pub fn launch(
+        &self,
+        k: K,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        args: &[A],
+    ) -> Result<()> {
+        let mut store: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                A::P(p) => p,
+                A::I(i) => i as u32 as u64,
+                A::F(f) => f.to_bits() as u64,
+                A::L(l) => l as u64,
+            })
+            .collect();
+        let mut ptrs: Vec<*mut c_void> = store.iter_mut().map(|x| x as *mut u64 as *mut c_void).collect();
+        // SAFETY: argument values live in `store` for the duration of the call (the driver copies
+        // them); a CUkernel may be passed where a CUfunction is expected.
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                self.kernels[k as usize] as sys::CUfunction,
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                1,
+                1,
+                smem,
+                stream,
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        cu(r, KERNEL_NAMES[k as usize])
+    }
+}

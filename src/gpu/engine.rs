@@ -1,0 +1,841 @@
+//! The CUDA π0 engine: prefix slots (images + prompt → per-layer K/V), decoder slots (state +
+//! noise → actions via 10 Euler steps of the action expert), each stage enqueued on any stream
+//! and capturable as a CUDA graph. Slots own all their scratch memory and cuBLASLt workspace, so
+//! the encoder of one slot and the decoder of another can run concurrently on different streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{sys, CudaContext, CudaGraph, CudaStream};
+
+use super::device::{copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
+use super::lt::{Gemm, LtCache, LtHandle};
+use super::weights::{RandomSource, WeightSource, Weights};
+use super::{GpuOptions, StageGraph};
+use crate::engine::{noise_chunk, ModelInput, PolicyEngine};
+use crate::error::{Error, Result};
+use crate::model::checkpoint::LoadedCheckpoint;
+use crate::model::config::ModelConfig;
+
+const WORKSPACE: usize = 32 << 20;
+
+fn r8(x: usize) -> usize {
+    x.div_ceil(8) * 8
+}
+
+/// Static dimensions derived from the config and the options.
+#[derive(Clone, Debug)]
+pub(crate) struct Dims {
+    pub tpv: usize,
+    pub max_views: usize,
+    pub max_prompt: usize,
+    pub max_chunk: usize,
+    pub pmax: usize,
+    pub kvmax: usize,
+    pub heads: usize,
+    pub hd: usize,
+    pub qkv_l: usize,
+    pub qkv_e: usize,
+}
+
+struct Event(sys::CUevent);
+unsafe impl Send for Event {}
+unsafe impl Sync for Event {}
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: created by cuEventCreate.
+        unsafe { sys::cuEventDestroy_v2(self.0) };
+    }
+}
+impl Event {
+    fn new() -> Result<Self> {
+        let mut e = std::ptr::null_mut();
+        // SAFETY: plain creation.
+        cu(unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32) }, "cuEventCreate")?;
+        Ok(Event(e))
+    }
+    fn record(&self, s: sys::CUstream) -> Result<()> {
+        // SAFETY: valid event and stream.
+        cu(unsafe { sys::cuEventRecord(self.0, s) }, "cuEventRecord")
+    }
+    fn sync(&self) -> Result<()> {
+        // SAFETY: valid event.
+        cu(unsafe { sys::cuEventSynchronize(self.0) }, "cuEventSynchronize")
+    }
+}
+
+/// One prefix (encoder) slot: inputs, scratch, the K/V cache it produces.
+struct PrefixSlot {
+    img: DBuf,
+    tokens: DBuf,
+    staging: Pinned,
+    staged: Event,
+    patches: DBuf,
+    xv: DBuf,
+    xvn: DBuf,
+    qkv_v: DBuf,
+    s_v: DBuf,
+    p_v: DBuf,
+    attn_v: DBuf,
+    h_v: DBuf,
+    xl: DBuf,
+    xln: DBuf,
+    qkv_l: DBuf,
+    q_l: DBuf,
+    s_l: DBuf,
+    p_l: DBuf,
+    attn_l: DBuf,
+    gu_l: DBuf,
+    h_l: DBuf,
+    k: DBuf,
+    v: DBuf,
+    _ws: DBuf,
+    /// Valid views and prompt tokens of the uploaded observation.
+    nv: AtomicUsize,
+    ntok: AtomicUsize,
+    lt: Mutex<LtCache>,
+}
+
+/// One decoder slot: state/noise in, actions out, its own scratch and suffix K/V.
+struct DecoderSlot {
+    x_t: DBuf,
+    state: DBuf,
+    staging: Pinned,
+    staged: Event,
+    state_row: DBuf,
+    x: DBuf,
+    xn: DBuf,
+    hin: DBuf,
+    qkv: DBuf,
+    q: DBuf,
+    s: DBuf,
+    p: DBuf,
+    attn: DBuf,
+    gu: DBuf,
+    h: DBuf,
+    k: DBuf,
+    v: DBuf,
+    _ws: DBuf,
+    chunk: AtomicUsize,
+    lt: Mutex<LtCache>,
+}
+
+/// π0 on one NVIDIA GPU.
+pub struct Pi0Cuda {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) opts: GpuOptions,
+    pub(crate) d: Dims,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    lth: LtHandle,
+    w: Weights,
+    pslots: Vec<PrefixSlot>,
+    dslots: Vec<DecoderSlot>,
+    graphs: Mutex<HashMap<(u8, usize, usize, usize, usize), StageGraph>>,
+    name: String,
+}
+
+impl std::fmt::Debug for Pi0Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pi0Cuda").field("device", &self.name).field("opts", &self.opts).finish()
+    }
+}
+
+/// Stage timings of one `forward_timed` call, milliseconds of GPU time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageTimes {
+    pub encoder_ms: f32,
+    pub decoder_ms: f32,
+}
+
+impl Pi0Cuda {
+    /// Uploads the checkpoint's weights (folded, bf16) to GPU `opts.device`, compiles/loads the
+    /// kernels and allocates `opts.prefix_slots` prefix slots and `opts.decoder_slots` decoder
+    /// slots sized for the maxima in `opts`.
+    pub fn new(loaded: &LoadedCheckpoint, opts: GpuOptions) -> Result<Self> {
+        Self::with_source(&loaded.config, loaded, opts)
+    }
+
+    /// Full engine on seeded random weights (benchmarks without a checkpoint).
+    pub fn random(cfg: &ModelConfig, seed: u64, opts: GpuOptions) -> Result<Self> {
+        Self::with_source(cfg, &RandomSource::new(cfg, seed), opts)
+    }
+
+    pub fn with_source(cfg: &ModelConfig, src: &dyn WeightSource, opts: GpuOptions) -> Result<Self> {
+        cfg.validate()?;
+        super::probe::check_libraries()?;
+        let ctx = drv(CudaContext::new(opts.device), &format!("opening GPU {}", opts.device))?;
+        let (major, minor) = drv(ctx.compute_capability(), "compute capability")?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if major < 8 {
+            return Err(Error::Gpu(format!(
+                "{name} has compute capability {major}.{minor}; pi0_mps needs 8.0 or newer (bf16 tensor cores)"
+            )));
+        }
+        if cfg.llm.num_kv_heads != 1 {
+            return Err(Error::Gpu("the CUDA engine supports num_kv_heads = 1 (MQA) only".into()));
+        }
+        if opts.max_views == 0 || opts.max_chunk == 0 || opts.prefix_slots == 0 || opts.decoder_slots == 0 {
+            return Err(Error::Parameter { name: "GpuOptions".into(), reason: "sizes and slot counts must be > 0".into() });
+        }
+        if cfg.action_dim > 128 {
+            return Err(Error::Gpu("action_dim > 128 is not supported by the action kernels".into()));
+        }
+        ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
+        let stream = drv(ctx.new_stream(), "creating a stream")?;
+        let kernels = Kernels::load(major, minor)?;
+        let lth = LtHandle::new()?;
+        let w = Weights::load(cfg, src)?;
+
+        let v = &cfg.vision;
+        let tpv = v.tokens_per_view();
+        let max_views = opts.max_views.min(cfg.num_views);
+        let max_prompt = opts.max_prompt_len.min(cfg.max_token_len);
+        let max_chunk = opts.max_chunk;
+        let pmax = max_views * tpv + max_prompt;
+        let kvmax = pmax + max_chunk + 1;
+        let heads = cfg.llm.num_heads;
+        let hd = cfg.llm.head_dim;
+        let d = Dims {
+            tpv,
+            max_views,
+            max_prompt,
+            max_chunk,
+            pmax,
+            kvmax,
+            heads,
+            hd,
+            qkv_l: (heads + 2) * hd,
+            qkv_e: (heads + 2) * hd,
+        };
+        let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
+        if smem_row > 48 * 1024 {
+            for k in [K::LayerNorm, K::RmsNorm, K::OutEuler] {
+                kernels.set_max_smem(k, smem_row, ctx.cu_device())?;
+            }
+        }
+
+        let bf = 2usize;
+        let tv = max_views * tpv;
+        let (wv, fv) = (v.width, v.mlp_dim);
+        let (wl, fl) = (cfg.llm.width, cfg.llm.mlp_dim);
+        let (we, fe) = (cfg.expert.width, cfg.expert.mlp_dim);
+        let img_bytes = max_views * v.image_size * v.image_size * 3 * 4;
+        let mut pslots = Vec::new();
+        for _ in 0..opts.prefix_slots {
+            let ws = DBuf::new(WORKSPACE)?;
+            let lt = LtCache::new(ws.ptr, WORKSPACE);
+            pslots.push(PrefixSlot {
+                img: DBuf::new(img_bytes)?,
+                tokens: DBuf::new(max_prompt.max(1) * 4)?,
+                staging: Pinned::new(img_bytes + max_prompt.max(1) * 4)?,
+                staged: Event::new()?,
+                patches: DBuf::new(tv * w.pd_pad * bf)?,
+                xv: DBuf::new(tv * wv * bf)?,
+                xvn: DBuf::new(tv * wv * bf)?,
+                qkv_v: DBuf::new(tv * 3 * wv * bf)?,
+                s_v: DBuf::new(max_views * v.num_heads * tpv * tpv * 4)?,
+                p_v: DBuf::new(max_views * v.num_heads * tpv * tpv * bf)?,
+                attn_v: DBuf::new(tv * wv * bf)?,
+                h_v: DBuf::new(tv * fv * bf)?,
+                xl: DBuf::new(pmax * wl * bf)?,
+                xln: DBuf::new(pmax * wl * bf)?,
+                qkv_l: DBuf::new(pmax * d.qkv_l * bf)?,
+                q_l: DBuf::new(pmax * heads * hd * bf)?,
+                s_l: DBuf::new(pmax * heads * r8(pmax) * 4)?,
+                p_l: DBuf::new(pmax * heads * r8(pmax) * bf)?,
+                attn_l: DBuf::new(pmax * heads * hd * bf)?,
+                gu_l: DBuf::new(pmax * 2 * fl * bf)?,
+                h_l: DBuf::new(pmax * fl * bf)?,
+                k: DBuf::new(cfg.llm.depth * pmax * hd * bf)?,
+                v: DBuf::new(cfg.llm.depth * pmax * hd * bf)?,
+                _ws: ws,
+                nv: AtomicUsize::new(0),
+                ntok: AtomicUsize::new(0),
+                lt: Mutex::new(lt),
+            });
+        }
+        let a = cfg.action_dim;
+        let rows = max_chunk + 1;
+        let mut dslots = Vec::new();
+        for _ in 0..opts.decoder_slots {
+            let ws = DBuf::new(WORKSPACE)?;
+            let lt = LtCache::new(ws.ptr, WORKSPACE);
+            dslots.push(DecoderSlot {
+                x_t: DBuf::new(max_chunk * a * 4)?,
+                state: DBuf::new(a * 4)?,
+                staging: Pinned::new((max_chunk + 1) * a * 4)?,
+                staged: Event::new()?,
+                state_row: DBuf::new(we * bf)?,
+                x: DBuf::new(rows * we * bf)?,
+                xn: DBuf::new(rows * we * bf)?,
+                hin: DBuf::new(max_chunk * we * bf)?,
+                qkv: DBuf::new(rows * d.qkv_e * bf)?,
+                q: DBuf::new(rows * heads * hd * bf)?,
+                s: DBuf::new(rows * heads * r8(kvmax) * 4)?,
+                p: DBuf::new(rows * heads * r8(kvmax) * bf)?,
+                attn: DBuf::new(rows * heads * hd * bf)?,
+                gu: DBuf::new(rows * 2 * fe * bf)?,
+                h: DBuf::new(rows * fe * bf)?,
+                k: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
+                v: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
+                _ws: ws,
+                chunk: AtomicUsize::new(0),
+                lt: Mutex::new(lt),
+            });
+        }
+        Ok(Pi0Cuda {
+            cfg: cfg.clone(),
+            opts,
+            d,
+            ctx,
+            stream,
+            kernels,
+            lth,
+            w,
+            pslots,
+            dslots,
+            graphs: Mutex::new(HashMap::new()),
+            name,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The engine's own stream (used by `forward`).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+    pub fn kernels_from_cache(&self) -> bool {
+        self.kernels.from_cache
+    }
+    pub fn prefix_slots(&self) -> usize {
+        self.pslots.len()
+    }
+    pub fn decoder_slots(&self) -> usize {
+        self.dslots.len()
+    }
+    /// Prefix length (valid image tokens + prompt tokens) currently held by `slot`.
+    pub fn prefix_len(&self, slot: usize) -> usize {
+        let p = &self.pslots[slot];
+        p.nv.load(Ordering::Acquire) * self.d.tpv + p.ntok.load(Ordering::Acquire)
+    }
+    /// Chunk size currently uploaded to decoder slot `dec`.
+    pub fn chunk(&self, dec: usize) -> usize {
+        self.dslots[dec].chunk.load(Ordering::Acquire)
+    }
+
+    fn pslot(&self, slot: usize) -> Result<&PrefixSlot> {
+        self.pslots.get(slot).ok_or_else(|| Error::Gpu(format!("prefix slot {slot} does not exist ({} slots)", self.pslots.len())))
+    }
+    fn dslot(&self, dec: usize) -> Result<&DecoderSlot> {
+        self.dslots.get(dec).ok_or_else(|| Error::Gpu(format!("decoder slot {dec} does not exist ({} slots)", self.dslots.len())))
+    }
+
+    fn launch(&self, s: sys::CUstream, k: K, grid: u32, block: u32, smem: u32, args: &[A]) -> Result<()> {
+        self.kernels.launch(k, (grid, 1, 1), block, smem, s, args)
+    }
+
+    // ------------------------------------------------------------------ inputs / outputs
+
+    /// Copies an observation (valid views, prompt tokens) into prefix slot `slot` on `stream`.
+    /// Masked views are dropped (exactly equivalent: they neither attend nor advance positions).
+    pub fn upload_observation(&self, stream: &Arc<CudaStream>, slot: usize, input: &ModelInput) -> Result<()> {
+        input.validate(&self.cfg)?;
+        let p = self.pslot(slot)?;
+        let views: Vec<&Vec<f32>> = input.images.iter().flatten().collect();
+        if views.len() > self.d.max_views {
+            return Err(Error::Input(format!("{} valid views, the engine was built for {}", views.len(), self.d.max_views)));
+        }
+        if input.tokens.len() > self.d.max_prompt {
+            return Err(Error::Input(format!(
+                "{} prompt tokens, the engine was built for {}",
+                input.tokens.len(),
+                self.d.max_prompt
+            )));
+        }
+        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        p.staged.sync()?; // the previous upload from the staging buffer has finished
+        let px = views.first().map(|v| v.len()).unwrap_or(0);
+        let base = p.staging.as_mut_ptr();
+        // SAFETY: staging holds max_views images + max_prompt tokens; sizes checked above.
+        unsafe {
+            for (i, v) in views.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(v.as_ptr() as *const u8, base.add(i * px * 4), px * 4);
+            }
+            let toff = self.d.max_views * px.max(self.cfg.vision.image_size * self.cfg.vision.image_size * 3) * 4;
+            let tok: Vec<i32> = input.tokens.iter().map(|&t| t as i32).collect();
+            std::ptr::copy_nonoverlapping(tok.as_ptr() as *const u8, base.add(toff), tok.len() * 4);
+            let s = stream.cu_stream();
+            htod_async(p.img.ptr, base, views.len() * px * 4, s)?;
+            if !tok.is_empty() {
+                htod_async(p.tokens.ptr, base.add(toff), tok.len() * 4, s)?;
+            }
+            p.staged.record(s)?;
+        }
+        p.nv.store(views.len(), Ordering::Release);
+        p.ntok.store(input.tokens.len(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies the normalised state (action_dim) and the initial noise (chunk × action_dim) into
+    /// decoder slot `dec` on `stream`.
+    pub fn upload_decoder_inputs(&self, stream: &Arc<CudaStream>, dec: usize, state: &[f32], noise: &[f32]) -> Result<()> {
+        let a = self.cfg.action_dim;
+        if state.len() != a || state.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Input(format!("state must be {a} finite values")));
+        }
+        let c = noise_chunk(noise, &self.cfg)?;
+        if c > self.d.max_chunk {
+            return Err(Error::Input(format!("chunk {c} > the engine's max_chunk {}", self.d.max_chunk)));
+        }
+        let ds = self.dslot(dec)?;
+        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        ds.staged.sync()?;
+        let base = ds.staging.as_mut_ptr();
+        // SAFETY: staging holds (max_chunk + 1) * a floats.
+        unsafe {
+            std::ptr::copy_nonoverlapping(noise.as_ptr() as *const u8, base, noise.len() * 4);
+            std::ptr::copy_nonoverlapping(state.as_ptr() as *const u8, base.add(self.d.max_chunk * a * 4), a * 4);
+            let s = stream.cu_stream();
+            htod_async(ds.x_t.ptr, base, noise.len() * 4, s)?;
+            htod_async(ds.state.ptr, base.add(self.d.max_chunk * a * 4), a * 4, s)?;
+            ds.staged.record(s)?;
+        }
+        ds.chunk.store(c, Ordering::Release);
+        Ok(())
+    }
+
+    /// Copies decoder slot `dec`'s actions (chunk × action_dim, normalised) to the host; waits
+    /// for `stream`.
+    pub fn download_actions(&self, stream: &Arc<CudaStream>, dec: usize) -> Result<Vec<f32>> {
+        let ds = self.dslot(dec)?;
+        let n = self.chunk(dec) * self.cfg.action_dim;
+        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        ds.staged.sync()?;
+        let base = ds.staging.as_mut_ptr();
+        dtoh_async(base, ds.x_t.ptr, n * 4, stream.cu_stream())?;
+        drv(stream.synchronize(), "stream synchronize")?;
+        let mut out = vec![0f32; n];
+        // SAFETY: the copy above has completed; staging holds n floats.
+        unsafe { std::ptr::copy_nonoverlapping(base as *const f32, out.as_mut_ptr(), n) };
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ encoder
+
+    /// Enqueues the encoder of prefix slot `slot` on `stream`: SigLIP on the valid views,
+    /// projector, prompt embedding, Gemma-2B over the prefix → K/V of every layer in the slot.
+    pub fn enqueue_encoder(&self, stream: &Arc<CudaStream>, slot: usize) -> Result<()> {
+        let p = self.pslot(slot)?;
+        let nv = p.nv.load(Ordering::Acquire);
+        let ntok = p.ntok.load(Ordering::Acquire);
+        if nv == 0 {
+            return Err(Error::Gpu(format!("prefix slot {slot} holds no observation (upload_observation first)")));
+        }
+        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let s = stream.cu_stream();
+        let mut lt = p.lt.lock().unwrap();
+        let lt = &mut *lt;
+        nvtx::range_push!("encoder");
+        nvtx::range_push!("vision");
+        let r = self.vision(s, p, lt, nv);
+        nvtx::range_pop!();
+        let r = r.and_then(|_| {
+            nvtx::range_push!("llm");
+            let r = self.llm(s, p, lt, nv, ntok);
+            nvtx::range_pop!();
+            r
+        });
+        nvtx::range_pop!();
+        r
+    }
+
+    fn vision(&self, s: sys::CUstream, p: &PrefixSlot, lt: &mut LtCache, nv: usize) -> Result<()> {
+        let v = &self.cfg.vision;
+        let (wv, fv, hv, dv) = (v.width, v.mlp_dim, v.num_heads, v.head_dim);
+        let tpv = self.d.tpv;
+        let t = nv * tpv;
+        let pd = self.w.pd_pad;
+        let h = &self.lth;
+        let eps = v.layernorm_eps;
+        let bf = 2u64;
+        self.launch(
+            s,
+            K::Patchify,
+            t as u32,
+            256,
+            0,
+            &[A::P(p.img.ptr), A::P(p.patches.ptr), A::P(self.w.pos.ptr), A::P(p.xv.ptr), A::I(v.image_size as i32), A::I(v.patch_size as i32), A::I(pd as i32), A::I(wv as i32)],
+        )?;
+        lt.matmul(h, s, Gemm::linear(t, wv, pd).bias().residual(), p.patches.ptr, self.w.patch_w.ptr, p.xv.ptr, self.w.patch_b.ptr, 1.0)?;
+        let ln = |x: u64, y: u64| self.launch(s, K::LayerNorm, t as u32, 256, (wv * 4) as u32, &[A::P(x), A::P(y), A::I(wv as i32), A::F(eps)]);
+        let scale = 1.0 / (dv as f32).sqrt();
+        let sv = (tpv * tpv) as i64;
+        for l in &self.w.vis {
+            ln(p.xv.ptr, p.xvn.ptr)?;
+            lt.matmul(h, s, Gemm::linear(t, 3 * wv, wv).bias(), p.xvn.ptr, l.qkv_w.ptr, p.qkv_v.ptr, l.qkv_b.ptr, 1.0)?;
+            for view in 0..nv {
+                let q0 = p.qkv_v.ptr + (view * tpv * 3 * wv) as u64 * bf;
+                let sptr = p.s_v.ptr + (view * hv * tpv * tpv) as u64 * 4;
+                let g = Gemm {
+                    batch: hv,
+                    stride_x: dv as i64,
+                    stride_w: dv as i64,
+                    stride_y: sv,
+                    out_f32: true,
+                    ..Gemm::linear(tpv, tpv, dv).ld(3 * wv, 3 * wv, tpv)
+                };
+                lt.matmul(h, s, g, q0, q0 + (wv as u64) * bf, sptr, 0, scale)?;
+            }
+            let rows = nv * hv * tpv;
+            self.launch(
+                s,
+                K::Softmax,
+                rows.div_ceil(8) as u32,
+                256,
+                0,
+                &[A::P(p.s_v.ptr), A::L(tpv as i64), A::P(p.p_v.ptr), A::L(tpv as i64), A::I(rows as i32), A::I(tpv as i32), A::I(0), A::I(0)],
+            )?;
+            for view in 0..nv {
+                let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
+                let pptr = p.p_v.ptr + (view * hv * tpv * tpv) as u64 * bf;
+                let out = p.attn_v.ptr + (view * tpv * wv) as u64 * bf;
+                let g = Gemm {
+                    batch: hv,
+                    stride_x: sv,
+                    stride_w: dv as i64,
+                    stride_y: dv as i64,
+                    w_kn: true,
+                    ..Gemm::linear(tpv, dv, tpv).ld(tpv, 3 * wv, wv)
+                };
+                lt.matmul(h, s, g, pptr, v0, out, 0, 1.0)?;
+            }
+            lt.matmul(h, s, Gemm::linear(t, wv, wv).bias().residual(), p.attn_v.ptr, l.o_w.ptr, p.xv.ptr, l.o_b.ptr, 1.0)?;
+            ln(p.xv.ptr, p.xvn.ptr)?;
+            lt.matmul(h, s, Gemm::linear(t, fv, wv).gelu_bias(), p.xvn.ptr, l.fc1_w.ptr, p.h_v.ptr, l.fc1_b.ptr, 1.0)?;
+            lt.matmul(h, s, Gemm::linear(t, wv, fv).bias().residual(), p.h_v.ptr, l.fc2_w.ptr, p.xv.ptr, l.fc2_b.ptr, 1.0)?;
+        }
+        ln(p.xv.ptr, p.xvn.ptr)?;
+        let wl = self.cfg.llm.width;
+        lt.matmul(h, s, Gemm::linear(t, wl, wv).bias(), p.xvn.ptr, self.w.proj_w.ptr, p.xl.ptr, self.w.proj_b.ptr, 1.0)?;
+        Ok(())
+    }
+
+    fn llm(&self, s: sys::CUstream, p: &PrefixSlot, lt: &mut LtCache, nv: usize, ntok: usize) -> Result<()> {
+        let g = &self.cfg.llm;
+        let (wl, fl) = (g.width, g.mlp_dim);
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let tv = nv * self.d.tpv;
+        let pl = tv + ntok;
+        let bf = 2u64;
+        let h = &self.lth;
+        if ntok > 0 {
+            self.launch(
+                s,
+                K::Embed,
+                ntok as u32,
+                256,
+                0,
+                &[A::P(p.tokens.ptr), A::P(self.w.embed.ptr), A::P(p.xl.ptr + (tv * wl) as u64 * bf), A::I(wl as i32), A::F(self.cfg.embed_scale())],
+            )?;
+        }
+        let lds = r8(pl);
+        let qkvw = self.d.qkv_l;
+        let kv_layer = (self.d.pmax * hd) as u64 * bf;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (i, l) in self.w.llm.iter().enumerate() {
+            let kl = p.k.ptr + i as u64 * kv_layer;
+            let vl = p.v.ptr + i as u64 * kv_layer;
+            self.launch(s, K::RmsNorm, pl as u32, 256, (wl * 4) as u32, &[A::P(p.xl.ptr), A::P(p.xln.ptr), A::I(wl as i32), A::F(g.rms_norm_eps)])?;
+            lt.matmul(h, s, Gemm::linear(pl, qkvw, wl), p.xln.ptr, l.qkv_w.ptr, p.qkv_l.ptr, 0, 1.0)?;
+            self.launch(
+                s,
+                K::Rope,
+                pl as u32,
+                128,
+                0,
+                &[A::P(p.qkv_l.ptr), A::I(qkvw as i32), A::P(p.q_l.ptr), A::P(kl), A::P(vl), A::I(hh as i32), A::I(1), A::I(hd as i32), A::I(0), A::F(g.rope_max_wavelength)],
+            )?;
+            if i + 1 == self.w.llm.len() {
+                break; // the last layer's attention/MLP outputs are never used
+            }
+            let rows = pl * hh;
+            lt.matmul(h, s, Gemm { out_f32: true, ..Gemm::linear(rows, pl, hd).ld(hd, hd, lds) }, p.q_l.ptr, kl, p.s_l.ptr, 0, scale)?;
+            self.launch(
+                s,
+                K::Softmax,
+                rows.div_ceil(8) as u32,
+                256,
+                0,
+                &[A::P(p.s_l.ptr), A::L(lds as i64), A::P(p.p_l.ptr), A::L(lds as i64), A::I(rows as i32), A::I(pl as i32), A::I(0), A::I(0)],
+            )?;
+            lt.matmul(h, s, Gemm { w_kn: true, ..Gemm::linear(rows, hd, pl).ld(lds, hd, hd) }, p.p_l.ptr, vl, p.attn_l.ptr, 0, 1.0)?;
+            lt.matmul(h, s, Gemm::linear(pl, wl, hh * hd).residual(), p.attn_l.ptr, l.o_w.ptr, p.xl.ptr, 0, 1.0)?;
+            self.launch(s, K::RmsNorm, pl as u32, 256, (wl * 4) as u32, &[A::P(p.xl.ptr), A::P(p.xln.ptr), A::I(wl as i32), A::F(g.rms_norm_eps)])?;
+            lt.matmul(h, s, Gemm::linear(pl, 2 * fl, wl), p.xln.ptr, l.gu_w.ptr, p.gu_l.ptr, 0, 1.0)?;
+            let n8 = (pl * fl).div_ceil(8);
+            self.launch(s, K::GeluMul, n8.div_ceil(256) as u32, 256, 0, &[A::P(p.gu_l.ptr), A::P(p.h_l.ptr), A::I(pl as i32), A::I(fl as i32)])?;
+            lt.matmul(h, s, Gemm::linear(pl, wl, fl).residual(), p.h_l.ptr, l.down_w.ptr, p.xl.ptr, 0, 1.0)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ decoder
+
+    /// Enqueues the decoder of slot `dec` on `stream`, attending to the K/V of prefix slot
+    /// `prefix_slot`: state token, then `num_steps` Euler steps; the actions stay in the slot.
+    pub fn enqueue_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize, dec: usize) -> Result<()> {
+        let p = self.pslot(prefix_slot)?;
+        let ds = self.dslot(dec)?;
+        let pl = self.prefix_len(prefix_slot);
+        let c = self.chunk(dec);
+        if p.nv.load(Ordering::Acquire) == 0 {
+            return Err(Error::Gpu(format!("prefix slot {prefix_slot} holds no observation")));
+        }
+        if c == 0 {
+            return Err(Error::Gpu(format!("decoder slot {dec} has no inputs (upload_decoder_inputs first)")));
+        }
+        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let s = stream.cu_stream();
+        let mut lt = ds.lt.lock().unwrap();
+        let lt = &mut *lt;
+        nvtx::range_push!("decoder");
+        let r = self.decoder(s, p, ds, lt, pl, c);
+        nvtx::range_pop!();
+        r
+    }
+
+    fn decoder(&self, s: sys::CUstream, p: &PrefixSlot, ds: &DecoderSlot, lt: &mut LtCache, pl: usize, c: usize) -> Result<()> {
+        let g = &self.cfg.expert;
+        let (we, fe) = (g.width, g.mlp_dim);
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let a = self.cfg.action_dim;
+        let bf = 2u64;
+        let h = &self.lth;
+        let rows = c + 1;
+        let kvl = pl + rows;
+        let lds = r8(kvl);
+        let qkvw = self.d.qkv_e;
+        let dec_layer = (self.d.kvmax * hd) as u64 * bf;
+        let pre_layer = (self.d.pmax * hd) as u64 * bf;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Prefix K/V of every layer into this slot's K/V buffers.
+        for (dst, src) in [(ds.k.ptr, p.k.ptr), (ds.v.ptr, p.v.ptr)] {
+            copy_2d(dst, dec_layer as usize, src, pre_layer as usize, pl * hd * 2, g.depth, s)?;
+        }
+        self.launch(s, K::StateProj, 1, 256, 0, &[A::P(ds.state.ptr), A::P(self.w.state_w.ptr), A::P(self.w.state_b.ptr), A::P(ds.state_row.ptr), A::I(a as i32), A::I(we as i32)])?;
+        let x1 = ds.x.ptr + we as u64 * bf;
+        for step in 0..self.cfg.num_steps {
+            nvtx::range_push!("flow step {}", step);
+            self.launch(
+                s,
+                K::ActionIn,
+                c as u32,
+                256,
+                0,
+                &[A::P(ds.x_t.ptr), A::P(self.w.wf.ptr), A::P(self.w.tb.ptr + (step * we * 4) as u64), A::P(ds.hin.ptr), A::P(ds.state_row.ptr), A::P(ds.x.ptr), A::I(a as i32), A::I(we as i32)],
+            )?;
+            lt.matmul(h, s, Gemm::linear(c, we, we).bias(), ds.hin.ptr, self.w.mlp_out_w.ptr, x1, self.w.mlp_out_b.ptr, 1.0)?;
+            for (i, l) in self.w.exp.iter().enumerate() {
+                let kl = ds.k.ptr + i as u64 * dec_layer;
+                let vl = ds.v.ptr + i as u64 * dec_layer;
+                let rn = |x: u64, y: u64| self.launch(s, K::RmsNorm, rows as u32, 256, (we * 4) as u32, &[A::P(x), A::P(y), A::I(we as i32), A::F(g.rms_norm_eps)]);
+                rn(ds.x.ptr, ds.xn.ptr)?;
+                lt.matmul(h, s, Gemm::linear(rows, qkvw, we), ds.xn.ptr, l.qkv_w.ptr, ds.qkv.ptr, 0, 1.0)?;
+                self.launch(
+                    s,
+                    K::Rope,
+                    rows as u32,
+                    128,
+                    0,
+                    &[
+                        A::P(ds.qkv.ptr),
+                        A::I(qkvw as i32),
+                        A::P(ds.q.ptr),
+                        A::P(kl + (pl * hd) as u64 * bf),
+                        A::P(vl + (pl * hd) as u64 * bf),
+                        A::I(hh as i32),
+                        A::I(1),
+                        A::I(hd as i32),
+                        A::I(pl as i32),
+                        A::F(g.rope_max_wavelength),
+                    ],
+                )?;
+                let qr = rows * hh;
+                lt.matmul(h, s, Gemm { out_f32: true, ..Gemm::linear(qr, kvl, hd).ld(hd, hd, lds) }, ds.q.ptr, kl, ds.s.ptr, 0, scale)?;
+                self.launch(
+                    s,
+                    K::Softmax,
+                    qr.div_ceil(8) as u32,
+                    256,
+                    0,
+                    &[A::P(ds.s.ptr), A::L(lds as i64), A::P(ds.p.ptr), A::L(lds as i64), A::I(qr as i32), A::I(kvl as i32), A::I(hh as i32), A::I(pl as i32 + 1)],
+                )?;
+                lt.matmul(h, s, Gemm { w_kn: true, ..Gemm::linear(qr, hd, kvl).ld(lds, hd, hd) }, ds.p.ptr, vl, ds.attn.ptr, 0, 1.0)?;
+                lt.matmul(h, s, Gemm::linear(rows, we, hh * hd).residual(), ds.attn.ptr, l.o_w.ptr, ds.x.ptr, 0, 1.0)?;
+                rn(ds.x.ptr, ds.xn.ptr)?;
+                lt.matmul(h, s, Gemm::linear(rows, 2 * fe, we), ds.xn.ptr, l.gu_w.ptr, ds.gu.ptr, 0, 1.0)?;
+                let n8 = (rows * fe).div_ceil(8);
+                self.launch(s, K::GeluMul, n8.div_ceil(256) as u32, 256, 0, &[A::P(ds.gu.ptr), A::P(ds.h.ptr), A::I(rows as i32), A::I(fe as i32)])?;
+                lt.matmul(h, s, Gemm::linear(rows, we, fe).residual(), ds.h.ptr, l.down_w.ptr, ds.x.ptr, 0, 1.0)?;
+            }
+            self.launch(
+                s,
+                K::OutEuler,
+                c as u32,
+                256,
+                (we * 4) as u32,
+                &[A::P(x1), A::P(self.w.out_w.ptr), A::P(self.w.out_b.ptr), A::P(ds.x_t.ptr), A::I(we as i32), A::I(a as i32), A::F(g.rms_norm_eps), A::F(self.w.dt)],
+            )?;
+            nvtx::range_pop!();
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ graphs
+
+    fn capture(&self, stream: &Arc<CudaStream>, f: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
+        drv(stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
+        let r = f();
+        let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        r?;
+        let g = drv(g, "end capture / instantiate")?;
+        let g = g.ok_or_else(|| Error::Gpu("graph capture produced no graph".into()))?;
+        drv(g.upload(), "graph upload")?;
+        Ok(g)
+    }
+
+    /// Captures the encoder of `slot` on `stream` (for the observation shape uploaded last) as a
+    /// graph. Runs the stage once eagerly first (warm-up, algorithm selection). A graph captured
+    /// on a green-context stream stays confined to that partition.
+    pub fn capture_encoder(&self, stream: &Arc<CudaStream>, slot: usize) -> Result<StageGraph> {
+        self.enqueue_encoder(stream, slot)?;
+        drv(stream.synchronize(), "warm-up")?;
+        let p = self.pslot(slot)?;
+        let key = (0u8, slot, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let graph = self.capture(stream, || self.enqueue_encoder(stream, slot))?;
+        Ok(StageGraph { graph, key })
+    }
+
+    /// Captures the decoder of `dec` reading prefix slot `prefix_slot` (for the current prefix
+    /// length and chunk) on `stream`. Runs the stage once eagerly first; the slot's x_t is then
+    /// overwritten, so upload the decoder inputs again before launching the graph.
+    pub fn capture_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize, dec: usize) -> Result<StageGraph> {
+        self.enqueue_decoder(stream, prefix_slot, dec)?;
+        drv(stream.synchronize(), "warm-up")?;
+        let key = (1u8, prefix_slot, dec, self.prefix_len(prefix_slot), self.chunk(dec));
+        let graph = self.capture(stream, || self.enqueue_decoder(stream, prefix_slot, dec))?;
+        Ok(StageGraph { graph, key })
+    }
+
+    /// Whether `g` was captured for the shapes the slots hold now.
+    pub fn graph_matches(&self, g: &StageGraph) -> bool {
+        let (stage, a, b, x, y) = g.key;
+        if stage == 0 {
+            let p = &self.pslots[a];
+            p.nv.load(Ordering::Acquire) == x && p.ntok.load(Ordering::Acquire) == y
+        } else {
+            self.prefix_len(a) == x && self.chunk(b) == y
+        }
+    }
+
+    // ------------------------------------------------------------------ whole inference
+
+    /// The fastest path: encoder and decoder as CUDA graphs on the engine's stream, whole GPU.
+    /// Graphs are captured on the first call for each (views, prompt length, chunk); that call
+    /// runs eagerly.
+    pub fn forward(&mut self, input: &ModelInput, noise: &[f32]) -> Result<Vec<f32>> {
+        let st = self.stream.clone();
+        self.upload_observation(&st, 0, input)?;
+        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
+        let p = &self.pslots[0];
+        let ek = (0u8, 0usize, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
+        let have = {
+            let g = self.graphs.lock().unwrap();
+            g.contains_key(&ek) && g.contains_key(&dk)
+        };
+        if !have {
+            // First call for this shape: eager result, then capture for the next calls.
+            self.enqueue_encoder(&st, 0)?;
+            self.enqueue_decoder(&st, 0, 0)?;
+            let out = self.download_actions(&st, 0)?;
+            let eg = self.capture(&st, || self.enqueue_encoder(&st, 0))?;
+            let dg = self.capture(&st, || self.enqueue_decoder(&st, 0, 0))?;
+            let mut g = self.graphs.lock().unwrap();
+            g.insert(ek, StageGraph { graph: eg, key: ek });
+            g.insert(dk, StageGraph { graph: dg, key: dk });
+            return Ok(out);
+        }
+        {
+            let g = self.graphs.lock().unwrap();
+            nvtx::range_push!("encoder graph");
+            g[&ek].launch_on(&st)?;
+            nvtx::range_pop!();
+            nvtx::range_push!("decoder graph");
+            g[&dk].launch_on(&st)?;
+            nvtx::range_pop!();
+        }
+        self.download_actions(&st, 0)
+    }
+
+    /// Same as `forward` without graphs (every kernel launched from the host), for debugging
+    /// and profiling.
+    pub fn forward_eager(&mut self, input: &ModelInput, noise: &[f32]) -> Result<Vec<f32>> {
+        let st = self.stream.clone();
+        self.upload_observation(&st, 0, input)?;
+        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
+        self.enqueue_encoder(&st, 0)?;
+        self.enqueue_decoder(&st, 0, 0)?;
+        self.download_actions(&st, 0)
+    }
+
+    /// `forward` (graphs) with GPU event timings of the two stages.
+    pub fn forward_timed(&mut self, input: &ModelInput, noise: &[f32]) -> Result<(Vec<f32>, StageTimes)> {
+        let st = self.stream.clone();
+        // Make sure graphs exist.
+        let _ = self.forward(input, noise)?;
+        self.upload_observation(&st, 0, input)?;
+        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
+        let p = &self.pslots[0];
+        let ek = (0u8, 0usize, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
+        let ev: Vec<_> = (0..3)
+            .map(|_| self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        {
+            let g = self.graphs.lock().unwrap();
+            drv(ev[0].record(&st), "event")?;
+            g[&ek].launch_on(&st)?;
+            drv(ev[1].record(&st), "event")?;
+            g[&dk].launch_on(&st)?;
+            drv(ev[2].record(&st), "event")?;
+        }
+        let out = self.download_actions(&st, 0)?;
+        let t = StageTimes {
+            encoder_ms: drv(ev[0].elapsed_ms(&ev[1]), "elapsed")?,
+            decoder_ms: drv(ev[1].elapsed_ms(&ev[2]), "elapsed")?,
+        };
+        Ok((out, t))
+    }
+}
+
+impl PolicyEngine for Pi0Cuda {
+    fn name(&self) -> &str {
+        "cuda"
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn sample_actions(&mut self, input: &ModelInput, noise: &[f32]) -> Result<Vec<f32>> {
+        self.forward(input, noise)
+    }
+}

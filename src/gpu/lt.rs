@@ -1,0 +1,305 @@
+//! cuBLASLt matmuls with bf16 inputs, fp32 accumulation, bf16 or fp32 output, optional bias /
+//! GELU(tanh)+bias epilogues and beta = 1 residual accumulation. The algorithm for each shape is
+//! chosen once by the heuristic and cached; later calls (and graph capture) reuse it.
+//!
+//! Row-major convention: Y[M][N] (ld ldy) = X[M][K] (ld ldx) · Wᵀ, W stored [N][K] (ld ldw), or
+//! W stored [K][N] when `w_kn` (used for P·V). In cuBLASLt's column-major view that is
+//! Yᵀ = op(W) · Xᵀ.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+use cudarc::cublaslt::{result as lr, sys as ls};
+use cudarc::driver::sys as ds;
+
+use crate::error::{Error, Result};
+
+fn lt<T>(r: std::result::Result<T, lr::CublasError>, what: &str) -> Result<T> {
+    r.map_err(|e| Error::Gpu(format!("cuBLASLt {what}: {e:?}")))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epi {
+    None,
+    Bias,
+    GeluBias,
+}
+
+/// One GEMM's shape and options (the cache key, with the pointer alignments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ldx: usize,
+    pub ldw: usize,
+    pub ldy: usize,
+    pub w_kn: bool,
+    pub out_f32: bool,
+    pub epi: Epi,
+    /// Y += (beta = 1) instead of Y = (beta = 0).
+    pub accumulate: bool,
+    pub batch: usize,
+    pub stride_x: i64,
+    pub stride_w: i64,
+    pub stride_y: i64,
+}
+
+impl Gemm {
+    /// Y[m][n] = X[m][k]·W[n][k]ᵀ, dense leading dimensions.
+    pub fn linear(m: usize, n: usize, k: usize) -> Self {
+        Gemm {
+            m,
+            n,
+            k,
+            ldx: k,
+            ldw: k,
+            ldy: n,
+            w_kn: false,
+            out_f32: false,
+            epi: Epi::None,
+            accumulate: false,
+            batch: 1,
+            stride_x: 0,
+            stride_w: 0,
+            stride_y: 0,
+        }
+    }
+    pub fn bias(mut self) -> Self {
+        self.epi = Epi::Bias;
+        self
+    }
+    pub fn gelu_bias(mut self) -> Self {
+        self.epi = Epi::GeluBias;
+        self
+    }
+    pub fn residual(mut self) -> Self {
+        self.accumulate = true;
+        self
+    }
+    pub fn ld(mut self, ldx: usize, ldw: usize, ldy: usize) -> Self {
+        self.ldx = ldx;
+        self.ldw = ldw;
+        self.ldy = ldy;
+        self
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    g: Gemm,
+    align: [u16; 4],
+}
+
+struct Plan {
+    desc: ls::cublasLtMatmulDesc_t,
+    la: ls::cublasLtMatrixLayout_t,
+    lb: ls::cublasLtMatrixLayout_t,
+    ld: ls::cublasLtMatrixLayout_t,
+    algo: ls::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created once in `plan`.
+        unsafe {
+            let _ = lr::destroy_matmul_desc(self.desc);
+            let _ = lr::destroy_matrix_layout(self.la);
+            let _ = lr::destroy_matrix_layout(self.lb);
+            let _ = lr::destroy_matrix_layout(self.ld);
+        }
+    }
+}
+
+/// The library handle (shared; cuBLASLt takes the stream per call).
+pub struct LtHandle(pub ls::cublasLtHandle_t);
+// SAFETY: a cuBLASLt handle may be used from several threads when descriptors are not shared.
+unsafe impl Send for LtHandle {}
+unsafe impl Sync for LtHandle {}
+impl Drop for LtHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by create_handle.
+        unsafe {
+            let _ = lr::destroy_handle(self.0);
+        }
+    }
+}
+impl LtHandle {
+    pub fn new() -> Result<Self> {
+        Ok(LtHandle(lt(lr::create_handle(), "create")?))
+    }
+}
+
+/// A per-slot plan cache plus that slot's own workspace.
+pub struct LtCache {
+    plans: HashMap<Key, Plan>,
+    pub workspace: u64,
+    pub workspace_bytes: usize,
+}
+// SAFETY: descriptors are only touched under the owning slot's lock.
+unsafe impl Send for LtCache {}
+
+fn align_of(p: u64) -> u16 {
+    let mut a = 256u64;
+    while a > 2 && p % a != 0 {
+        a /= 2;
+    }
+    a as u16
+}
+
+impl LtCache {
+    pub fn new(workspace: u64, workspace_bytes: usize) -> Self {
+        LtCache { plans: HashMap::new(), workspace, workspace_bytes }
+    }
+
+    fn plan(&mut self, h: &LtHandle, key: Key) -> Result<&Plan> {
+        if !self.plans.contains_key(&key) {
+            let p = make_plan(h, &key, self.workspace_bytes)?;
+            self.plans.insert(key, p);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    /// Enqueues Y = X·Wᵀ (+bias) (+Y) on `stream`. `bias` is bf16 [n] for Bias/GeluBias.
+    /// `alpha` scales the product (attention's 1/sqrt(d)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &mut self,
+        h: &LtHandle,
+        stream: ds::CUstream,
+        g: Gemm,
+        x: u64,
+        w: u64,
+        y: u64,
+        bias: u64,
+        alpha: f32,
+    ) -> Result<()> {
+        let key = Key { g, align: [align_of(x), align_of(w), align_of(y), align_of(bias.max(256))] };
+        let (ws, wsb) = (self.workspace, self.workspace_bytes);
+        let plan = self.plan(h, key)?;
+        if g.epi != Epi::None {
+            // SAFETY: desc is valid; the attribute is a device pointer value.
+            unsafe {
+                let bp = bias as *const c_void;
+                lt(
+                    lr::set_matmul_desc_attribute(
+                        plan.desc,
+                        ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                        &bp as *const _ as *const c_void,
+                        std::mem::size_of::<*const c_void>(),
+                    ),
+                    "bias pointer",
+                )?;
+            }
+        }
+        let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
+        // SAFETY: all descriptors belong to this plan; pointers are device allocations sized by
+        // the caller for this shape.
+        unsafe {
+            lt(
+                lr::matmul(
+                    h.0,
+                    plan.desc,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    w as *const c_void,
+                    plan.la,
+                    x as *const c_void,
+                    plan.lb,
+                    y as *const c_void,
+                    plan.ld,
+                    y as *mut c_void,
+                    plan.ld,
+                    &plan.algo,
+                    ws as *mut c_void,
+                    wsb,
+                    stream as ls::cudaStream_t,
+                ),
+                "matmul",
+            )
+        }
+    }
+}
+
+fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
+    use ls::cublasLtMatmulDescAttributes_t as DA;
+    use ls::cublasLtMatmulPreferenceAttributes_t as PA;
+    use ls::cublasLtMatrixLayoutAttribute_t as LA;
+    let g = key.g;
+    let bf = ls::cudaDataType::CUDA_R_16BF;
+    let out_t = if g.out_f32 { ls::cudaDataType::CUDA_R_32F } else { bf };
+    let desc = lt(
+        lr::create_matmul_desc(ls::cublasComputeType_t::CUBLAS_COMPUTE_32F, ls::cudaDataType::CUDA_R_32F),
+        "desc",
+    )?;
+    // SAFETY: attribute values are plain integers of the documented types.
+    unsafe {
+        let set = |a: DA, v: *const c_void, n: usize| lt(lr::set_matmul_desc_attribute(desc, a, v, n), "desc attr");
+        let ta: i32 = if g.w_kn { 0 } else { 1 }; // CUBLAS_OP_N / CUBLAS_OP_T
+        let tb: i32 = 0;
+        set(DA::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const c_void, 4)?;
+        set(DA::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const c_void, 4)?;
+        let epi = match g.epi {
+            Epi::None => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            Epi::Bias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            Epi::GeluBias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+        };
+        set(DA::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi))?;
+        if g.epi != Epi::None {
+            let bt = bf;
+            set(DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt as *const _ as *const c_void, std::mem::size_of_val(&bt))?;
+        }
+    }
+    // A = W: [N][K] row-major = col-major K×N (ld ldw), op T; or [K][N] = col-major N×K, op N.
+    let la = if g.w_kn {
+        lt(lr::create_matrix_layout(bf, g.n as u64, g.k as u64, g.ldw as i64), "layout A")?
+    } else {
+        lt(lr::create_matrix_layout(bf, g.k as u64, g.n as u64, g.ldw as i64), "layout A")?
+    };
+    let lb = lt(lr::create_matrix_layout(bf, g.k as u64, g.m as u64, g.ldx as i64), "layout B")?;
+    let ld = lt(lr::create_matrix_layout(out_t, g.n as u64, g.m as u64, g.ldy as i64), "layout D")?;
+    if g.batch > 1 {
+        for (l, s) in [(la, g.stride_w), (lb, g.stride_x), (ld, g.stride_y)] {
+            let c = g.batch as i32;
+            // SAFETY: documented attribute types (i32 count, i64 stride).
+            unsafe {
+                lt(
+                    lr::set_matrix_layout_attribute(l, LA::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &c as *const i32 as *const c_void, 4),
+                    "batch count",
+                )?;
+                lt(
+                    lr::set_matrix_layout_attribute(
+                        l,
+                        LA::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        &s as *const i64 as *const c_void,
+                        8,
+                    ),
+                    "batch stride",
+                )?;
+            }
+        }
+    }
+    let pref = lt(lr::create_matmul_pref(), "pref")?;
+    // SAFETY: documented attribute types (u64 bytes, u32 alignments).
+    let heur = unsafe {
+        let wsb = ws_bytes as u64;
+        lt(
+            lr::set_matmul_pref_attribute(pref, PA::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb as *const u64 as *const c_void, 8),
+            "pref ws",
+        )?;
+        let attrs = [
+            (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[1]),
+            (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[0]),
+            (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]),
+            (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[2]),
+        ];
+        for (a, v) in attrs {
+            let v = v as u32;
+            lt(lr::set_matmul_pref_attribute(pref, a, &v as *const u32 as *const c_void, 4), "pref align")?;
+        }
+        let r = lr::get_matmul_algo_heuristic(h.0, desc, la, lb, ld, ld, pref);
+        let _ = lr::destroy_matmul_pref(pref);
+        r.map_err(|e| Error::Gpu(format!("cuBLASLt has no algorithm for {g:?} (align {:?}): {e:?}", key.align)))?
+    };
+    Ok(Plan { desc, la, lb, ld, algo: heur.algo })
+}

@@ -1,0 +1,90 @@
+//! The CUDA engine: π0 on one NVIDIA GPU through cudarc (driver API, cuBLASLt, NVRTC).
+//!
+//! * Weights are uploaded once in bf16 with the exact folds of pi0-model.md §6 item 4
+//!   (norm scales in weights, action-in ∘ time-MLP pre-multiplied, per-step time-bias table,
+//!   final norm in the out-proj, last LLM layer K/V only, masked views and padding dropped).
+//! * Activations are bf16 with fp32 accumulation; softmax, norms and RoPE in fp32; the Euler
+//!   state x_t stays fp32.
+//! * Kernels (kernels/*.cu) are compiled by NVRTC for the GPU in use (sm_90a on Hopper), cached
+//!   on disk by source hash + arch + driver, and loaded context-independently so they launch on
+//!   green-context streams too.
+//! * Stages: `upload_observation` → `enqueue_encoder` (prefix slot → K/V) and
+//!   `upload_decoder_inputs` → `enqueue_decoder` (prefix slot + decoder slot → actions) →
+//!   `download_actions`, on any stream; `capture_encoder` / `capture_decoder` make CUDA graphs
+//!   of a stage on a given stream. Prefix slots and decoder slots own separate scratch memory
+//!   and cuBLASLt workspaces, so stages of different slots may run concurrently.
+//! * `forward` runs both stages as graphs on the engine's stream; `forward_eager` without.
+
+mod device;
+mod engine;
+mod lt;
+pub mod probe;
+mod weights;
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaGraph, CudaStream};
+
+pub use device::arch_for;
+pub use engine::{Pi0Cuda, StageTimes};
+pub use probe::{check_libraries, skip_reason};
+pub use weights::{time_embedding, RandomSource, WeightSource};
+
+use crate::error::{Error, Result};
+
+/// Engine construction options. The maxima size the static buffers (and so bound what
+/// `forward` accepts); views are capped at the model's `num_views`, the prompt at its
+/// `max_token_len`.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// CUDA device ordinal.
+    pub device: usize,
+    pub max_views: usize,
+    pub max_prompt_len: usize,
+    pub max_chunk: usize,
+    /// Prefix (encoder output) slots, for double-buffered K/V.
+    pub prefix_slots: usize,
+    /// Decoder slots (independent state/noise/actions and scratch).
+    pub decoder_slots: usize,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { device: 0, max_views: 3, max_prompt_len: 48, max_chunk: 64, prefix_slots: 2, decoder_slots: 2 }
+    }
+}
+
+/// A captured stage (encoder or decoder) for one (stream, slot, shape). Launch it on any stream;
+/// it runs on the SMs of the stream it was captured on.
+pub struct StageGraph {
+    pub(crate) graph: CudaGraph,
+    /// (stage 0 = encoder / 1 = decoder, slot, decoder slot, views or prefix length, prompt
+    /// tokens or chunk).
+    pub(crate) key: (u8, usize, usize, usize, usize),
+}
+
+// SAFETY: the graph exec is only launched through &self by one thread at a time (callers keep
+// graphs behind their own synchronisation; the engine keeps its own in a Mutex).
+unsafe impl Send for StageGraph {}
+
+impl StageGraph {
+    /// Launches on the stream it was captured on.
+    pub fn launch(&self) -> Result<()> {
+        self.graph.launch().map_err(|e| Error::Gpu(format!("graph launch: {e:?}")))
+    }
+    /// Launches on `stream` (the graph keeps the SM confinement of its capture stream).
+    pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        stream.context().bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        // SAFETY: valid exec and stream of the same device.
+        let r = unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.cu_stream()) };
+        device::cu(r, "cuGraphLaunch")
+    }
+    /// True for an encoder graph, false for a decoder graph.
+    pub fn is_encoder(&self) -> bool {
+        self.key.0 == 0
+    }
+    /// (slot, decoder slot, views or prefix length, prompt tokens or chunk).
+    pub fn shape(&self) -> (usize, usize, usize, usize) {
+        (self.key.1, self.key.2, self.key.3, self.key.4)
+    }
+}
