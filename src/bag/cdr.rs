@@ -282,8 +282,14 @@ mod tests {
             .to_string();
         assert!(err.contains("`data` claims 4294967295 elements"), "{err}");
         let err = CdrReader::new(&[1, 2], "X").err().unwrap().to_string();
-        assert!(err.contains("shorter than the 4-byte encapsulation header"), "{err}");
-        let err = CdrReader::new(&[0, 7, 0, 0], "X").err().unwrap().to_string();
+        assert!(
+            err.contains("shorter than the 4-byte encapsulation header"),
+            "{err}"
+        );
+        let err = CdrReader::new(&[0, 7, 0, 0], "X")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unsupported CDR encapsulation 00 07"), "{err}");
     }
 

@@ -22,16 +22,13 @@ pub struct ActionChunk {
 pub fn read_action_chunks(bag: &Bag, topic: Option<&str>) -> Result<(String, Vec<ActionChunk>)> {
     let name = match topic {
         Some(t) => {
-            let info = bag
-                .topic_index(t)
-                .map(|i| &bag.topics[i])
-                .ok_or_else(|| {
-                    Error::Bag(format!(
-                        "{}: no topic `{t}` (topics: {})",
-                        bag.path.display(),
-                        topic_list(bag)
-                    ))
-                })?;
+            let info = bag.topic_index(t).map(|i| &bag.topics[i]).ok_or_else(|| {
+                Error::Bag(format!(
+                    "{}: no topic `{t}` (topics: {})",
+                    bag.path.display(),
+                    topic_list(bag)
+                ))
+            })?;
             if info.type_name != JOINT_TRAJECTORY {
                 return Err(Error::Bag(format!(
                     "{}: topic `{t}` has type {}, expected {JOINT_TRAJECTORY}",
@@ -287,11 +284,7 @@ fn diff_chunk(
     if a.points.len() != e.points.len() {
         fail(
             &mut d,
-            format!(
-                "{} points, expected {}",
-                a.points.len(),
-                e.points.len()
-            ),
+            format!("{} points, expected {}", a.points.len(), e.points.len()),
         );
         d.max_abs = f64::INFINITY;
         return d;
@@ -334,7 +327,11 @@ fn diff_chunk(
                 cnt += 1;
             }
             let tol = opts.atol + opts.rtol * y.abs();
-            let excess = if err.is_nan() { f64::INFINITY } else { err - tol };
+            let excess = if err.is_nan() {
+                f64::INFINITY
+            } else {
+                err - tol
+            };
             if !(err <= tol) && worst_excess.is_none_or(|w| excess > w.0) {
                 worst_excess = Some((excess, p, j, x, y));
             }
@@ -386,7 +383,10 @@ mod tests {
 
     #[test]
     fn equal_passes_and_perturbed_fails_naming_the_chunk() {
-        let e = vec![chunk(10, &[[1.0, 2.0], [3.0, 4.0]]), chunk(20, &[[0.0, 0.0]; 2])];
+        let e = vec![
+            chunk(10, &[[1.0, 2.0], [3.0, 4.0]]),
+            chunk(20, &[[0.0, 0.0]; 2]),
+        ];
         let o = CompareOptions::default();
         let r = compare_chunks(&e, &e, &o);
         assert!(r.passed(), "{}", r.summary());
@@ -424,11 +424,17 @@ mod tests {
         let e = vec![chunk(10, &[[1.0, 2.0]]), chunk(20, &[[1.0, 2.0]])];
         let r = compare_chunks(&e[..1], &e, &CompareOptions::default());
         assert!(!r.passed());
-        assert!(r.summary().contains("chunk count differs: 1 actual vs 2 expected"));
+        assert!(r
+            .summary()
+            .contains("chunk count differs: 1 actual vs 2 expected"));
         let mut a = e.clone();
         a[0].msg.header.stamp = Time::from_nanos(11);
         let r = compare_chunks(&a, &e, &CompareOptions::default());
-        assert!(r.summary().contains("observation stamp 11 ns differs"), "{}", r.summary());
+        assert!(
+            r.summary().contains("observation stamp 11 ns differs"),
+            "{}",
+            r.summary()
+        );
         let r = compare_chunks(
             &a,
             &e,

@@ -87,7 +87,11 @@ pub fn synthetic_image(
         return Err(Error::Bag("image width and height must be positive".into()));
     }
     let c = mix(opts.seed ^ ((camera as u64) << 32));
-    let base = [(c & 0xff) as u8, ((c >> 8) & 0xff) as u8, ((c >> 16) & 0xff) as u8];
+    let base = [
+        (c & 0xff) as u8,
+        ((c >> 8) & 0xff) as u8,
+        ((c >> 16) & 0xff) as u8,
+    ];
     let side = (w.min(h) / 3).max(1);
     let sx = (frame * 3 + camera * 5) % w.saturating_sub(side).max(1);
     let sy = (frame * 2 + camera * 3) % h.saturating_sub(side).max(1);
@@ -109,7 +113,9 @@ pub fn synthetic_image(
                 "bgr8" => data.extend_from_slice(&[rgb[2], rgb[1], rgb[0]]),
                 "rgba8" => data.extend_from_slice(&[rgb[0], rgb[1], rgb[2], 255]),
                 "bgra8" => data.extend_from_slice(&[rgb[2], rgb[1], rgb[0], 255]),
-                _ => data.push(((rgb[0] as u32 * 77 + rgb[1] as u32 * 150 + rgb[2] as u32 * 29) >> 8) as u8),
+                _ => data.push(
+                    ((rgb[0] as u32 * 77 + rgb[1] as u32 * 150 + rgb[2] as u32 * 29) >> 8) as u8,
+                ),
             }
         }
     }
@@ -160,7 +166,9 @@ pub fn generate_bag(dir: impl AsRef<Path>, opts: &GenerateOptions) -> Result<Bag
         return Err(Error::Bag("camera and joint rates must be positive".into()));
     }
     if opts.start_ns < 1_000_000_000 {
-        return Err(Error::Bag("start time must be at least 1 s after the epoch".into()));
+        return Err(Error::Bag(
+            "start time must be at least 1 s after the epoch".into(),
+        ));
     }
     let mut w = BagWriter::create(dir, opts.writer.clone())?;
     // (time, kind order: joints before cameras at equal times, camera index, frame index)

@@ -345,7 +345,10 @@ mod tests {
         assert!(err.contains("rosbag2_bagfile_information"), "{err}");
         let text = sample(9).to_yaml().replace("version: 9", "version: 12");
         let err = BagMetadata::parse(&text, p).unwrap_err().to_string();
-        assert!(err.contains("metadata version 12 is not supported"), "{err}");
+        assert!(
+            err.contains("metadata version 12 is not supported"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod generate;
 pub mod metadata;
 pub mod msgs;
 pub mod reader;
+pub mod replay;
 pub mod writer;
 
 pub use metadata::{BagMetadata, FileInfo, TopicInfo};

@@ -221,7 +221,8 @@ impl JointTrajectory {
     }
 }
 
-const SEP: &str = "================================================================================\n";
+const SEP: &str =
+    "================================================================================\n";
 const DEF_TIME: &str = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n";
 const DEF_HEADER: &str = "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n";
 
@@ -297,10 +298,7 @@ mod tests {
 
     fn header() -> Header {
         Header {
-            stamp: Time {
-                sec: 1,
-                nanosec: 2,
-            },
+            stamp: Time { sec: 1, nanosec: 2 },
             frame_id: "cam".into(),
         }
     }
@@ -309,8 +307,12 @@ mod tests {
     fn image_bytes_match_rosbags() {
         // rosbags 0.11.9 `serialize_cdr` of this Image (2×3 rgb8, data 0..18).
         let expected: Vec<u8> = [
-            &[0u8, 1, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, b'c', b'a', b'm', 0][..],
-            &[2, 0, 0, 0, 3, 0, 0, 0, 5, 0, 0, 0, b'r', b'g', b'b', b'8', 0, 0, 0, 0],
+            &[
+                0u8, 1, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, b'c', b'a', b'm', 0,
+            ][..],
+            &[
+                2, 0, 0, 0, 3, 0, 0, 0, 5, 0, 0, 0, b'r', b'g', b'b', b'8', 0, 0, 0, 0,
+            ],
             &[9, 0, 0, 0, 18, 0, 0, 0],
             &(0u8..18).collect::<Vec<_>>(),
         ]

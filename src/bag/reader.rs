@@ -134,14 +134,19 @@ impl Bag {
         let mut bag = Bag {
             path,
             storage,
-            topics: metadata.as_ref().map(|m| m.topics.clone()).unwrap_or_default(),
+            topics: metadata
+                .as_ref()
+                .map(|m| m.topics.clone())
+                .unwrap_or_default(),
             metadata,
             files,
         };
         for f in bag.files.clone() {
             let found = match storage {
                 Storage::Mcap => mcap_topics(&f)?,
-                Storage::Sqlite3 => sqlite_topics(&open_sqlite(&f)?, &f)?.into_values().collect(),
+                Storage::Sqlite3 => sqlite_topics(&open_sqlite(&f)?, &f)?
+                    .into_values()
+                    .collect(),
             };
             for t in found {
                 if bag.topic_index(&t.name).is_none() {
@@ -268,7 +273,12 @@ impl Bag {
                     msg.log_time
                 ))
             })?;
-            window.push(std::cmp::Reverse((ts, arrival, topic, msg.data.into_owned())));
+            window.push(std::cmp::Reverse((
+                ts,
+                arrival,
+                topic,
+                msg.data.into_owned(),
+            )));
             arrival += 1;
             if window.len() > REORDER_WINDOW {
                 let std::cmp::Reverse((timestamp, _, topic, data)) =
@@ -346,7 +356,10 @@ fn sqlite_error(file: &Path, e: rusqlite::Error) -> Error {
 fn open_sqlite(file: &Path) -> Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     if !file.is_file() {
-        return Err(Error::Bag(format!("{}: no such storage file", file.display())));
+        return Err(Error::Bag(format!(
+            "{}: no such storage file",
+            file.display()
+        )));
     }
     let conn = rusqlite::Connection::open_with_flags(
         file,
@@ -425,7 +438,11 @@ fn mcap_topics(file: &Path) -> Result<Vec<TopicInfo>> {
         if !topics.iter().any(|t| t.name == c.topic) {
             topics.push(TopicInfo {
                 name: c.topic.clone(),
-                type_name: c.schema.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                type_name: c
+                    .schema
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
                 serialization_format: c.message_encoding.clone(),
                 offered_qos_profiles: c
                     .metadata

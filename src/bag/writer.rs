@@ -94,7 +94,8 @@ impl BagWriter {
                     dir.display()
                 )));
             }
-            if !dir.join("metadata.yaml").is_file() && dir.read_dir().is_ok_and(|mut d| d.next().is_some())
+            if !dir.join("metadata.yaml").is_file()
+                && dir.read_dir().is_ok_and(|mut d| d.next().is_some())
             {
                 return Err(Error::Bag(format!(
                     "{}: refusing to overwrite a non-empty folder that is not a bag",

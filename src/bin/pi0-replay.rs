@@ -1,0 +1,366 @@
+//! `pi0-replay`: rosbag2 tools for the pi0 node without ROS.
+//!
+//! - `info BAG`: storage, metadata version, topics with message counts (metadata and actual).
+//! - `generate OUT`: a synthetic camera + joint-state bag (MCAP or sqlite3, metadata v9 or v5).
+//! - `offline BAG -o OUT`: replays BAG through the node's pipeline (same sync, preprocessing and
+//!   engine code, fixed noise seed) and writes the action chunks to the bag OUT.
+//! - `compare ACTUAL EXPECTED`: chunk-by-chunk comparison of two action bags.
+//!
+//! Exit codes: 0 success / comparison passed, 1 comparison failed, 2 error (message on stderr).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use pi0_mps::bag::compare::{compare_bags, CompareOptions};
+use pi0_mps::bag::generate::{generate_bag, GenerateOptions};
+use pi0_mps::bag::replay::{load_params_file, parse_param_override, replay_offline, ReplayOptions};
+use pi0_mps::bag::{Bag, Storage, WriterOptions};
+use pi0_mps::pipeline::{NodeSettings, PolicyRunner};
+use pi0_mps::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "pi0-replay",
+    version,
+    about = "rosbag2 replay, generation and comparison for the pi0 node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct OutputArgs {
+    /// Storage of the written bag: mcap or sqlite3.
+    #[arg(long, default_value = "mcap")]
+    storage: Storage,
+    /// metadata.yaml version to write: 9 (Jazzy) or 5 (Humble).
+    #[arg(long = "metadata-version", default_value_t = 9)]
+    metadata_version: u32,
+    /// Don't zstd-compress MCAP chunks.
+    #[arg(long)]
+    no_compression: bool,
+    /// Replace the output bag if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl OutputArgs {
+    fn writer(&self) -> WriterOptions {
+        WriterOptions {
+            storage: self.storage,
+            version: self.metadata_version,
+            mcap_compression: !self.no_compression,
+            overwrite: self.overwrite,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a bag's storage, version and topics (message counts from metadata.yaml and as read).
+    Info { bag: PathBuf },
+    /// Write a synthetic camera + joint-state bag.
+    Generate {
+        /// Output bag folder.
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Frames per camera.
+        #[arg(long, default_value_t = 5)]
+        frames: usize,
+        /// Camera topics (sensor_msgs/Image), comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "/camera/image_raw")]
+        cameras: Vec<String>,
+        #[arg(long, default_value_t = 32)]
+        width: u32,
+        #[arg(long, default_value_t = 24)]
+        height: u32,
+        /// rgb8, bgr8, rgba8, bgra8 or mono8.
+        #[arg(long, default_value = "rgb8")]
+        encoding: String,
+        #[arg(long, default_value_t = 10.0)]
+        camera_hz: f64,
+        /// Camera i's frames come i × this many milliseconds after camera 0's.
+        #[arg(long, default_value_t = 2.0)]
+        camera_offset_ms: f64,
+        #[arg(long, default_value = "/joint_states")]
+        joint_topic: String,
+        /// Joint names, comma separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "joint1,joint2,joint3,joint4,joint5,joint6,joint7"
+        )]
+        joints: Vec<String>,
+        #[arg(long, default_value_t = 50.0)]
+        joint_hz: f64,
+        /// Time of the first frame, nanoseconds since the epoch.
+        #[arg(long, default_value_t = 1_700_000_000_000_000_000)]
+        start_ns: i64,
+        /// Seed of the synthetic content.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Replay a bag through the node's pipeline (no ROS) and write the action chunks to a bag.
+    Offline {
+        /// Input bag (folder with metadata.yaml, or a .mcap / .db3 file).
+        bag: PathBuf,
+        /// Output action bag folder.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        out: OutputArgs,
+        /// The node's parameters file (config/pi0.yaml format).
+        #[arg(long)]
+        params_file: Option<PathBuf>,
+        /// A node parameter, `name:=value` (as `--ros-args -p`); after --params-file. Repeatable.
+        #[arg(short = 'p', long = "param")]
+        params: Vec<String>,
+        /// Shorthand for `-p checkpoint:=DIR`.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Shorthand for `-p seed:=N` (noise of inference k is gaussian_noise(seed + k)).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Read the node topic FROM (resolved, e.g. /camera/image_raw) from bag topic TO: FROM:=TO.
+        #[arg(long = "remap")]
+        remaps: Vec<String>,
+        /// Node name and namespace used to resolve relative topic names.
+        #[arg(long, default_value = "pi0")]
+        node_name: String,
+        #[arg(long, default_value = "/")]
+        namespace: String,
+        /// Skip (with a warning) messages the node would refuse instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Stop after this many action chunks.
+        #[arg(long)]
+        max_chunks: Option<usize>,
+    },
+    /// Compare two action bags chunk by chunk; exit 1 when they differ.
+    Compare {
+        actual: PathBuf,
+        expected: PathBuf,
+        /// Absolute tolerance per action value.
+        #[arg(long, default_value_t = 1e-5)]
+        atol: f64,
+        /// Relative tolerance per action value (× |expected|).
+        #[arg(long, default_value_t = 1e-4)]
+        rtol: f64,
+        /// Action topic in ACTUAL (default: its only JointTrajectory topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Action topic in EXPECTED (default: its only JointTrajectory topic).
+        #[arg(long)]
+        expected_topic: Option<String>,
+        /// Don't require equal observation stamps.
+        #[arg(long)]
+        ignore_stamps: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pi0-replay: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Info { bag } => info(bag),
+        Cmd::Generate {
+            out,
+            output,
+            frames,
+            cameras,
+            width,
+            height,
+            encoding,
+            camera_hz,
+            camera_offset_ms,
+            joint_topic,
+            joints,
+            joint_hz,
+            start_ns,
+            seed,
+        } => {
+            let opts = GenerateOptions {
+                writer: output.writer(),
+                camera_topics: cameras,
+                width,
+                height,
+                encoding,
+                frames,
+                camera_hz,
+                camera_offset_ns: (camera_offset_ms * 1e6).round() as i64,
+                joint_topic,
+                joints,
+                joint_hz,
+                start_ns,
+                seed,
+            };
+            let m = generate_bag(&out, &opts)?;
+            println!(
+                "wrote {} ({} messages, {} topics, {} storage, metadata v{})",
+                out.display(),
+                m.message_count,
+                m.topics.len(),
+                m.storage_identifier,
+                m.version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Offline {
+            bag,
+            output,
+            out,
+            params_file,
+            params,
+            checkpoint,
+            seed,
+            remaps,
+            node_name,
+            namespace,
+            skip_bad,
+            max_chunks,
+        } => {
+            let mut overrides = Vec::new();
+            if let Some(f) = &params_file {
+                overrides.extend(load_params_file(f, &node_name)?);
+            }
+            for p in &params {
+                overrides.push(parse_param_override(p)?);
+            }
+            if let Some(c) = checkpoint {
+                overrides.push((
+                    "checkpoint".into(),
+                    pi0_mps::pipeline::ParamValue::String(c),
+                ));
+            }
+            if let Some(s) = seed {
+                let s = i64::try_from(s).map_err(|_| Error::Parameter {
+                    name: "seed".into(),
+                    reason: format!("{s} is too large"),
+                })?;
+                overrides.push(("seed".into(), pi0_mps::pipeline::ParamValue::Integer(s)));
+            }
+            let settings =
+                NodeSettings::from_overrides(overrides.iter().map(|(n, v)| (n.as_str(), v)))?;
+            let remaps = remaps
+                .iter()
+                .map(|r| {
+                    r.split_once(":=")
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| Error::Bag(format!("--remap `{r}`: expected FROM:=TO")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let bag = Bag::open(&bag)?;
+            let runner = PolicyRunner::from_settings(&settings)?;
+            let opts = ReplayOptions {
+                node_name,
+                namespace,
+                remaps,
+                output: output.clone(),
+                writer: out.writer(),
+                skip_bad,
+                max_chunks,
+            };
+            let (s, _) = replay_offline(&bag, &runner, &settings, &opts)?;
+            println!(
+                "read {} frames ({}) and {} joint states ({}); wrote {} action chunks to {} ({}); \
+                 {} with a masked view, {} messages skipped",
+                s.frames,
+                s.camera_topics.join(", "),
+                s.joint_states,
+                s.joint_topic,
+                s.chunks,
+                output.display(),
+                s.actions_topic,
+                s.masked,
+                s.skipped.len()
+            );
+            for k in &s.skipped {
+                println!("skipped: {k}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare {
+            actual,
+            expected,
+            atol,
+            rtol,
+            topic,
+            expected_topic,
+            ignore_stamps,
+        } => {
+            if !(atol >= 0.0 && rtol >= 0.0) {
+                return Err(Error::Bag("--atol and --rtol must be >= 0".into()));
+            }
+            let opts = CompareOptions {
+                topic,
+                expected_topic,
+                atol,
+                rtol,
+                check_stamps: !ignore_stamps,
+            };
+            let r = compare_bags(&actual, &expected, &opts)?;
+            print!("{}", r.summary());
+            Ok(if r.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn info(path: PathBuf) -> Result<ExitCode> {
+    let bag = Bag::open(&path)?;
+    let counts = bag.count_messages()?;
+    println!("bag:      {}", path.display());
+    println!("storage:  {}", bag.storage.identifier());
+    match &bag.metadata {
+        Some(m) => {
+            println!(
+                "metadata: version {}{}",
+                m.version,
+                if m.ros_distro.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ros_distro {}", m.ros_distro)
+                }
+            );
+            println!(
+                "time:     start {} ns, duration {:.3} s, {} messages",
+                m.starting_time_ns,
+                m.duration_ns as f64 * 1e-9,
+                m.message_count
+            );
+        }
+        None => println!("metadata: none (single storage file)"),
+    }
+    for f in &bag.files {
+        println!("file:     {}", f.display());
+    }
+    println!("topics:");
+    for t in &bag.topics {
+        let n = counts.get(&t.name).copied().unwrap_or(0);
+        let meta = if bag.metadata.is_some() {
+            format!(" (metadata: {})", t.message_count)
+        } else {
+            String::new()
+        };
+        println!("  {} [{}] {n} messages{meta}", t.name, t.type_name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
