@@ -44,10 +44,16 @@ impl DBuf {
     pub fn upload<T: Copy>(&self, data: &[T]) -> Result<()> {
         let n = std::mem::size_of_val(data);
         if n > self.bytes {
-            return Err(Error::Gpu(format!("upload of {n} bytes into {} bytes", self.bytes)));
+            return Err(Error::Gpu(format!(
+                "upload of {n} bytes into {} bytes",
+                self.bytes
+            )));
         }
         // SAFETY: size checked above; synchronous copy from host memory.
-        drv(unsafe { dr::memcpy_htod_sync(self.ptr, data) }, "cuMemcpyHtoD")
+        drv(
+            unsafe { dr::memcpy_htod_sync(self.ptr, data) },
+            "cuMemcpyHtoD",
+        )
     }
     /// Address of element `i` of type T.
     pub fn at<T>(&self, i: usize) -> u64 {
@@ -89,14 +95,30 @@ impl Drop for Pinned {
 }
 
 /// Async host→device copy from pinned (or pageable) memory.
-pub(crate) fn htod_async(dst: u64, src: *const u8, bytes: usize, stream: sys::CUstream) -> Result<()> {
+pub(crate) fn htod_async(
+    dst: u64,
+    src: *const u8,
+    bytes: usize,
+    stream: sys::CUstream,
+) -> Result<()> {
     // SAFETY: caller guarantees src holds `bytes` bytes that stay valid until the copy ran.
-    cu(unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream) }, "cuMemcpyHtoDAsync")
+    cu(
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream) },
+        "cuMemcpyHtoDAsync",
+    )
 }
 
-pub(crate) fn dtoh_async(dst: *mut u8, src: u64, bytes: usize, stream: sys::CUstream) -> Result<()> {
+pub(crate) fn dtoh_async(
+    dst: *mut u8,
+    src: u64,
+    bytes: usize,
+    stream: sys::CUstream,
+) -> Result<()> {
     // SAFETY: as above.
-    cu(unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream) }, "cuMemcpyDtoHAsync")
+    cu(
+        unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream) },
+        "cuMemcpyDtoHAsync",
+    )
 }
 
 /// 2-D device copy: `height` rows of `width` bytes.
@@ -112,18 +134,29 @@ pub(crate) fn copy_2d(
     if width == 0 || height == 0 {
         return Ok(());
     }
-    // SAFETY: all-zero is a valid CUDA_MEMCPY2D to start from.
-    let mut p: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-    p.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-    p.srcDevice = src;
-    p.srcPitch = src_pitch;
-    p.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-    p.dstDevice = dst;
-    p.dstPitch = dst_pitch;
-    p.WidthInBytes = width;
-    p.Height = height;
+    let p = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: src,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: width,
+        Height: height,
+    };
     // SAFETY: both regions are device allocations of at least pitch*height bytes.
-    cu(unsafe { sys::cuMemcpy2DAsync_v2(&p, stream) }, "cuMemcpy2DAsync")
+    cu(
+        unsafe { sys::cuMemcpy2DAsync_v2(&p, stream) },
+        "cuMemcpy2DAsync",
+    )
 }
 
 /// Kernel arguments, passed by value.
@@ -165,8 +198,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../kernels/common.cuh")),
     ("norm.cu", include_str!("../../kernels/norm.cu")),
     ("attention.cu", include_str!("../../kernels/attention.cu")),
-    ("elementwise.cu", include_str!("../../kernels/elementwise.cu")),
-    ("skinny_gemm.cu", include_str!("../../kernels/skinny_gemm.cu")),
+    (
+        "elementwise.cu",
+        include_str!("../../kernels/elementwise.cu"),
+    ),
+    (
+        "skinny_gemm.cu",
+        include_str!("../../kernels/skinny_gemm.cu"),
+    ),
 ];
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -238,7 +277,9 @@ fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
         unsafe {
             let _ = nr::destroy_program(prog);
         }
-        return Err(Error::Gpu(format!("NVRTC compile for {arch} failed ({e:?}):\n{log}")));
+        return Err(Error::Gpu(format!(
+            "NVRTC compile for {arch} failed ({e:?}):\n{log}"
+        )));
     }
     let mut size = 0usize;
     // SAFETY: prog compiled successfully.
@@ -275,9 +316,13 @@ impl Kernels {
         }
         let mut driver = 0i32;
         // SAFETY: plain query.
-        cu(unsafe { sys::cuDriverGetVersion(&mut driver) }, "cuDriverGetVersion")?;
+        cu(
+            unsafe { sys::cuDriverGetVersion(&mut driver) },
+            "cuDriverGetVersion",
+        )?;
         let hash = fnv1a(src.as_bytes(), 0xcbf29ce484222325);
-        let file = cache_dir().map(|d| d.join(format!("kernels-{hash:016x}-{arch}-drv{driver}.cubin")));
+        let file =
+            cache_dir().map(|d| d.join(format!("kernels-{hash:016x}-{arch}-drv{driver}.cubin")));
         let mut from_cache = false;
         let cubin = match file.as_ref().and_then(|f| std::fs::read(f).ok()) {
             Some(b) if !b.is_empty() => {
@@ -320,10 +365,19 @@ impl Kernels {
             let mut k: sys::CUkernel = std::ptr::null_mut();
             let c = CString::new(*name).unwrap();
             // SAFETY: lib is loaded; name is NUL-terminated.
-            cu(unsafe { sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()) }, &format!("cuLibraryGetKernel({name})"))?;
+            cu(
+                unsafe { sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()) },
+                &format!("cuLibraryGetKernel({name})"),
+            )?;
             kernels.push(k);
         }
-        Ok(Kernels { lib, kernels, arch, cache_file: file, from_cache })
+        Ok(Kernels {
+            lib,
+            kernels,
+            arch,
+            cache_file: file,
+            from_cache,
+        })
     }
 
     /// Raises a kernel's dynamic shared memory limit on `dev`.
@@ -361,7 +415,10 @@ impl Kernels {
                 A::L(l) => l as u64,
             })
             .collect();
-        let mut ptrs: Vec<*mut c_void> = store.iter_mut().map(|x| x as *mut u64 as *mut c_void).collect();
+        let mut ptrs: Vec<*mut c_void> = store
+            .iter_mut()
+            .map(|x| x as *mut u64 as *mut c_void)
+            .collect();
         // SAFETY: argument values live in `store` for the duration of the call (the driver copies
         // them); a CUkernel may be passed where a CUfunction is expected.
         let r = unsafe {

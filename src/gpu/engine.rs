@@ -52,7 +52,12 @@ impl Event {
     fn new() -> Result<Self> {
         let mut e = std::ptr::null_mut();
         // SAFETY: plain creation.
-        cu(unsafe { sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32) }, "cuEventCreate")?;
+        cu(
+            unsafe {
+                sys::cuEventCreate(&mut e, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32)
+            },
+            "cuEventCreate",
+        )?;
         Ok(Event(e))
     }
     fn record(&self, s: sys::CUstream) -> Result<()> {
@@ -61,7 +66,10 @@ impl Event {
     }
     fn sync(&self) -> Result<()> {
         // SAFETY: valid event.
-        cu(unsafe { sys::cuEventSynchronize(self.0) }, "cuEventSynchronize")
+        cu(
+            unsafe { sys::cuEventSynchronize(self.0) },
+            "cuEventSynchronize",
+        )
     }
 }
 
@@ -139,7 +147,10 @@ pub struct Pi0Cuda {
 
 impl std::fmt::Debug for Pi0Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pi0Cuda").field("device", &self.name).field("opts", &self.opts).finish()
+        f.debug_struct("Pi0Cuda")
+            .field("device", &self.name)
+            .field("opts", &self.opts)
+            .finish()
     }
 }
 
@@ -163,10 +174,17 @@ impl Pi0Cuda {
         Self::with_source(cfg, &RandomSource::new(cfg, seed), opts)
     }
 
-    pub fn with_source(cfg: &ModelConfig, src: &dyn WeightSource, opts: GpuOptions) -> Result<Self> {
+    pub fn with_source(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        opts: GpuOptions,
+    ) -> Result<Self> {
         cfg.validate()?;
         super::probe::check_libraries()?;
-        let ctx = drv(CudaContext::new(opts.device), &format!("opening GPU {}", opts.device))?;
+        let ctx = drv(
+            CudaContext::new(opts.device),
+            &format!("opening GPU {}", opts.device),
+        )?;
         let (major, minor) = drv(ctx.compute_capability(), "compute capability")?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         if major < 8 {
@@ -175,15 +193,27 @@ impl Pi0Cuda {
             )));
         }
         if cfg.llm.num_kv_heads != 1 {
-            return Err(Error::Gpu("the CUDA engine supports num_kv_heads = 1 (MQA) only".into()));
+            return Err(Error::Gpu(
+                "the CUDA engine supports num_kv_heads = 1 (MQA) only".into(),
+            ));
         }
-        if opts.max_views == 0 || opts.max_chunk == 0 || opts.prefix_slots == 0 || opts.decoder_slots == 0 {
-            return Err(Error::Parameter { name: "GpuOptions".into(), reason: "sizes and slot counts must be > 0".into() });
+        if opts.max_views == 0
+            || opts.max_chunk == 0
+            || opts.prefix_slots == 0
+            || opts.decoder_slots == 0
+        {
+            return Err(Error::Parameter {
+                name: "GpuOptions".into(),
+                reason: "sizes and slot counts must be > 0".into(),
+            });
         }
         if cfg.action_dim > 128 {
-            return Err(Error::Gpu("action_dim > 128 is not supported by the action kernels".into()));
+            return Err(Error::Gpu(
+                "action_dim > 128 is not supported by the action kernels".into(),
+            ));
         }
-        ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
+        ctx.bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
         let stream = drv(ctx.new_stream(), "creating a stream")?;
         let kernels = Kernels::load(major, minor)?;
         let lth = LtHandle::new()?;
@@ -332,13 +362,31 @@ impl Pi0Cuda {
     }
 
     fn pslot(&self, slot: usize) -> Result<&PrefixSlot> {
-        self.pslots.get(slot).ok_or_else(|| Error::Gpu(format!("prefix slot {slot} does not exist ({} slots)", self.pslots.len())))
+        self.pslots.get(slot).ok_or_else(|| {
+            Error::Gpu(format!(
+                "prefix slot {slot} does not exist ({} slots)",
+                self.pslots.len()
+            ))
+        })
     }
     fn dslot(&self, dec: usize) -> Result<&DecoderSlot> {
-        self.dslots.get(dec).ok_or_else(|| Error::Gpu(format!("decoder slot {dec} does not exist ({} slots)", self.dslots.len())))
+        self.dslots.get(dec).ok_or_else(|| {
+            Error::Gpu(format!(
+                "decoder slot {dec} does not exist ({} slots)",
+                self.dslots.len()
+            ))
+        })
     }
 
-    fn launch(&self, s: sys::CUstream, k: K, grid: u32, block: u32, smem: u32, args: &[A]) -> Result<()> {
+    fn launch(
+        &self,
+        s: sys::CUstream,
+        k: K,
+        grid: u32,
+        block: u32,
+        smem: u32,
+        args: &[A],
+    ) -> Result<()> {
         self.kernels.launch(k, (grid, 1, 1), block, smem, s, args)
     }
 
@@ -346,12 +394,21 @@ impl Pi0Cuda {
 
     /// Copies an observation (valid views, prompt tokens) into prefix slot `slot` on `stream`.
     /// Masked views are dropped (exactly equivalent: they neither attend nor advance positions).
-    pub fn upload_observation(&self, stream: &Arc<CudaStream>, slot: usize, input: &ModelInput) -> Result<()> {
+    pub fn upload_observation(
+        &self,
+        stream: &Arc<CudaStream>,
+        slot: usize,
+        input: &ModelInput,
+    ) -> Result<()> {
         input.validate(&self.cfg)?;
         let p = self.pslot(slot)?;
         let views: Vec<&Vec<f32>> = input.images.iter().flatten().collect();
         if views.len() > self.d.max_views {
-            return Err(Error::Input(format!("{} valid views, the engine was built for {}", views.len(), self.d.max_views)));
+            return Err(Error::Input(format!(
+                "{} valid views, the engine was built for {}",
+                views.len(),
+                self.d.max_views
+            )));
         }
         if input.tokens.len() > self.d.max_prompt {
             return Err(Error::Input(format!(
@@ -360,16 +417,24 @@ impl Pi0Cuda {
                 self.d.max_prompt
             )));
         }
-        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         p.staged.sync()?; // the previous upload from the staging buffer has finished
         let px = views.first().map(|v| v.len()).unwrap_or(0);
         let base = p.staging.as_mut_ptr();
         // SAFETY: staging holds max_views images + max_prompt tokens; sizes checked above.
         unsafe {
             for (i, v) in views.iter().enumerate() {
-                std::ptr::copy_nonoverlapping(v.as_ptr() as *const u8, base.add(i * px * 4), px * 4);
+                std::ptr::copy_nonoverlapping(
+                    v.as_ptr() as *const u8,
+                    base.add(i * px * 4),
+                    px * 4,
+                );
             }
-            let toff = self.d.max_views * px.max(self.cfg.vision.image_size * self.cfg.vision.image_size * 3) * 4;
+            let toff = self.d.max_views
+                * px.max(self.cfg.vision.image_size * self.cfg.vision.image_size * 3)
+                * 4;
             let tok: Vec<i32> = input.tokens.iter().map(|&t| t as i32).collect();
             std::ptr::copy_nonoverlapping(tok.as_ptr() as *const u8, base.add(toff), tok.len() * 4);
             let s = stream.cu_stream();
@@ -386,23 +451,38 @@ impl Pi0Cuda {
 
     /// Copies the normalised state (action_dim) and the initial noise (chunk × action_dim) into
     /// decoder slot `dec` on `stream`.
-    pub fn upload_decoder_inputs(&self, stream: &Arc<CudaStream>, dec: usize, state: &[f32], noise: &[f32]) -> Result<()> {
+    pub fn upload_decoder_inputs(
+        &self,
+        stream: &Arc<CudaStream>,
+        dec: usize,
+        state: &[f32],
+        noise: &[f32],
+    ) -> Result<()> {
         let a = self.cfg.action_dim;
         if state.len() != a || state.iter().any(|x| !x.is_finite()) {
             return Err(Error::Input(format!("state must be {a} finite values")));
         }
         let c = noise_chunk(noise, &self.cfg)?;
         if c > self.d.max_chunk {
-            return Err(Error::Input(format!("chunk {c} > the engine's max_chunk {}", self.d.max_chunk)));
+            return Err(Error::Input(format!(
+                "chunk {c} > the engine's max_chunk {}",
+                self.d.max_chunk
+            )));
         }
         let ds = self.dslot(dec)?;
-        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         ds.staged.sync()?;
         let base = ds.staging.as_mut_ptr();
         // SAFETY: staging holds (max_chunk + 1) * a floats.
         unsafe {
             std::ptr::copy_nonoverlapping(noise.as_ptr() as *const u8, base, noise.len() * 4);
-            std::ptr::copy_nonoverlapping(state.as_ptr() as *const u8, base.add(self.d.max_chunk * a * 4), a * 4);
+            std::ptr::copy_nonoverlapping(
+                state.as_ptr() as *const u8,
+                base.add(self.d.max_chunk * a * 4),
+                a * 4,
+            );
             let s = stream.cu_stream();
             htod_async(ds.x_t.ptr, base, noise.len() * 4, s)?;
             htod_async(ds.state.ptr, base.add(self.d.max_chunk * a * 4), a * 4, s)?;
@@ -417,7 +497,9 @@ impl Pi0Cuda {
     pub fn download_actions(&self, stream: &Arc<CudaStream>, dec: usize) -> Result<Vec<f32>> {
         let ds = self.dslot(dec)?;
         let n = self.chunk(dec) * self.cfg.action_dim;
-        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         ds.staged.sync()?;
         let base = ds.staging.as_mut_ptr();
         dtoh_async(base, ds.x_t.ptr, n * 4, stream.cu_stream())?;
@@ -437,9 +519,13 @@ impl Pi0Cuda {
         let nv = p.nv.load(Ordering::Acquire);
         let ntok = p.ntok.load(Ordering::Acquire);
         if nv == 0 {
-            return Err(Error::Gpu(format!("prefix slot {slot} holds no observation (upload_observation first)")));
+            return Err(Error::Gpu(format!(
+                "prefix slot {slot} holds no observation (upload_observation first)"
+            )));
         }
-        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         let s = stream.cu_stream();
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
@@ -472,15 +558,51 @@ impl Pi0Cuda {
             t as u32,
             256,
             0,
-            &[A::P(p.img.ptr), A::P(p.patches.ptr), A::P(self.w.pos.ptr), A::P(p.xv.ptr), A::I(v.image_size as i32), A::I(v.patch_size as i32), A::I(pd as i32), A::I(wv as i32)],
+            &[
+                A::P(p.img.ptr),
+                A::P(p.patches.ptr),
+                A::P(self.w.pos.ptr),
+                A::P(p.xv.ptr),
+                A::I(v.image_size as i32),
+                A::I(v.patch_size as i32),
+                A::I(pd as i32),
+                A::I(wv as i32),
+            ],
         )?;
-        lt.matmul(h, s, Gemm::linear(t, wv, pd).bias().residual(), p.patches.ptr, self.w.patch_w.ptr, p.xv.ptr, self.w.patch_b.ptr, 1.0)?;
-        let ln = |x: u64, y: u64| self.launch(s, K::LayerNorm, t as u32, 256, (wv * 4) as u32, &[A::P(x), A::P(y), A::I(wv as i32), A::F(eps)]);
+        lt.matmul(
+            h,
+            s,
+            Gemm::linear(t, wv, pd).bias().residual(),
+            p.patches.ptr,
+            self.w.patch_w.ptr,
+            p.xv.ptr,
+            self.w.patch_b.ptr,
+            1.0,
+        )?;
+        let ln = |x: u64, y: u64| {
+            self.launch(
+                s,
+                K::LayerNorm,
+                t as u32,
+                256,
+                (wv * 4) as u32,
+                &[A::P(x), A::P(y), A::I(wv as i32), A::F(eps)],
+            )
+        };
         let scale = 1.0 / (dv as f32).sqrt();
         let sv = (tpv * tpv) as i64;
         for l in &self.w.vis {
             ln(p.xv.ptr, p.xvn.ptr)?;
-            lt.matmul(h, s, Gemm::linear(t, 3 * wv, wv).bias(), p.xvn.ptr, l.qkv_w.ptr, p.qkv_v.ptr, l.qkv_b.ptr, 1.0)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(t, 3 * wv, wv).bias(),
+                p.xvn.ptr,
+                l.qkv_w.ptr,
+                p.qkv_v.ptr,
+                l.qkv_b.ptr,
+                1.0,
+            )?;
             for view in 0..nv {
                 let q0 = p.qkv_v.ptr + (view * tpv * 3 * wv) as u64 * bf;
                 let sptr = p.s_v.ptr + (view * hv * tpv * tpv) as u64 * 4;
@@ -501,7 +623,16 @@ impl Pi0Cuda {
                 rows.div_ceil(8) as u32,
                 256,
                 0,
-                &[A::P(p.s_v.ptr), A::L(tpv as i64), A::P(p.p_v.ptr), A::L(tpv as i64), A::I(rows as i32), A::I(tpv as i32), A::I(0), A::I(0)],
+                &[
+                    A::P(p.s_v.ptr),
+                    A::L(tpv as i64),
+                    A::P(p.p_v.ptr),
+                    A::L(tpv as i64),
+                    A::I(rows as i32),
+                    A::I(tpv as i32),
+                    A::I(0),
+                    A::I(0),
+                ],
             )?;
             for view in 0..nv {
                 let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
@@ -517,18 +648,61 @@ impl Pi0Cuda {
                 };
                 lt.matmul(h, s, g, pptr, v0, out, 0, 1.0)?;
             }
-            lt.matmul(h, s, Gemm::linear(t, wv, wv).bias().residual(), p.attn_v.ptr, l.o_w.ptr, p.xv.ptr, l.o_b.ptr, 1.0)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(t, wv, wv).bias().residual(),
+                p.attn_v.ptr,
+                l.o_w.ptr,
+                p.xv.ptr,
+                l.o_b.ptr,
+                1.0,
+            )?;
             ln(p.xv.ptr, p.xvn.ptr)?;
-            lt.matmul(h, s, Gemm::linear(t, fv, wv).gelu_bias(), p.xvn.ptr, l.fc1_w.ptr, p.h_v.ptr, l.fc1_b.ptr, 1.0)?;
-            lt.matmul(h, s, Gemm::linear(t, wv, fv).bias().residual(), p.h_v.ptr, l.fc2_w.ptr, p.xv.ptr, l.fc2_b.ptr, 1.0)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(t, fv, wv).gelu_bias(),
+                p.xvn.ptr,
+                l.fc1_w.ptr,
+                p.h_v.ptr,
+                l.fc1_b.ptr,
+                1.0,
+            )?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(t, wv, fv).bias().residual(),
+                p.h_v.ptr,
+                l.fc2_w.ptr,
+                p.xv.ptr,
+                l.fc2_b.ptr,
+                1.0,
+            )?;
         }
         ln(p.xv.ptr, p.xvn.ptr)?;
         let wl = self.cfg.llm.width;
-        lt.matmul(h, s, Gemm::linear(t, wl, wv).bias(), p.xvn.ptr, self.w.proj_w.ptr, p.xl.ptr, self.w.proj_b.ptr, 1.0)?;
+        lt.matmul(
+            h,
+            s,
+            Gemm::linear(t, wl, wv).bias(),
+            p.xvn.ptr,
+            self.w.proj_w.ptr,
+            p.xl.ptr,
+            self.w.proj_b.ptr,
+            1.0,
+        )?;
         Ok(())
     }
 
-    fn llm(&self, s: sys::CUstream, p: &PrefixSlot, lt: &mut LtCache, nv: usize, ntok: usize) -> Result<()> {
+    fn llm(
+        &self,
+        s: sys::CUstream,
+        p: &PrefixSlot,
+        lt: &mut LtCache,
+        nv: usize,
+        ntok: usize,
+    ) -> Result<()> {
         let g = &self.cfg.llm;
         let (wl, fl) = (g.width, g.mlp_dim);
         let (hh, hd) = (self.d.heads, self.d.hd);
@@ -543,7 +717,13 @@ impl Pi0Cuda {
                 ntok as u32,
                 256,
                 0,
-                &[A::P(p.tokens.ptr), A::P(self.w.embed.ptr), A::P(p.xl.ptr + (tv * wl) as u64 * bf), A::I(wl as i32), A::F(self.cfg.embed_scale())],
+                &[
+                    A::P(p.tokens.ptr),
+                    A::P(self.w.embed.ptr),
+                    A::P(p.xl.ptr + (tv * wl) as u64 * bf),
+                    A::I(wl as i32),
+                    A::F(self.cfg.embed_scale()),
+                ],
             )?;
         }
         let lds = r8(pl);
@@ -553,36 +733,152 @@ impl Pi0Cuda {
         for (i, l) in self.w.llm.iter().enumerate() {
             let kl = p.k.ptr + i as u64 * kv_layer;
             let vl = p.v.ptr + i as u64 * kv_layer;
-            self.launch(s, K::RmsNorm, pl as u32, 256, (wl * 4) as u32, &[A::P(p.xl.ptr), A::P(p.xln.ptr), A::I(wl as i32), A::F(g.rms_norm_eps)])?;
-            lt.matmul(h, s, Gemm::linear(pl, qkvw, wl), p.xln.ptr, l.qkv_w.ptr, p.qkv_l.ptr, 0, 1.0)?;
+            self.launch(
+                s,
+                K::RmsNorm,
+                pl as u32,
+                256,
+                (wl * 4) as u32,
+                &[
+                    A::P(p.xl.ptr),
+                    A::P(p.xln.ptr),
+                    A::I(wl as i32),
+                    A::F(g.rms_norm_eps),
+                ],
+            )?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(pl, qkvw, wl),
+                p.xln.ptr,
+                l.qkv_w.ptr,
+                p.qkv_l.ptr,
+                0,
+                1.0,
+            )?;
             self.launch(
                 s,
                 K::Rope,
                 pl as u32,
                 128,
                 0,
-                &[A::P(p.qkv_l.ptr), A::I(qkvw as i32), A::P(p.q_l.ptr), A::P(kl), A::P(vl), A::I(hh as i32), A::I(1), A::I(hd as i32), A::I(0), A::F(g.rope_max_wavelength)],
+                &[
+                    A::P(p.qkv_l.ptr),
+                    A::I(qkvw as i32),
+                    A::P(p.q_l.ptr),
+                    A::P(kl),
+                    A::P(vl),
+                    A::I(hh as i32),
+                    A::I(1),
+                    A::I(hd as i32),
+                    A::I(0),
+                    A::F(g.rope_max_wavelength),
+                ],
             )?;
             if i + 1 == self.w.llm.len() {
                 break; // the last layer's attention/MLP outputs are never used
             }
             let rows = pl * hh;
-            lt.matmul(h, s, Gemm { out_f32: true, ..Gemm::linear(rows, pl, hd).ld(hd, hd, lds) }, p.q_l.ptr, kl, p.s_l.ptr, 0, scale)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm {
+                    out_f32: true,
+                    ..Gemm::linear(rows, pl, hd).ld(hd, hd, lds)
+                },
+                p.q_l.ptr,
+                kl,
+                p.s_l.ptr,
+                0,
+                scale,
+            )?;
             self.launch(
                 s,
                 K::Softmax,
                 rows.div_ceil(8) as u32,
                 256,
                 0,
-                &[A::P(p.s_l.ptr), A::L(lds as i64), A::P(p.p_l.ptr), A::L(lds as i64), A::I(rows as i32), A::I(pl as i32), A::I(0), A::I(0)],
+                &[
+                    A::P(p.s_l.ptr),
+                    A::L(lds as i64),
+                    A::P(p.p_l.ptr),
+                    A::L(lds as i64),
+                    A::I(rows as i32),
+                    A::I(pl as i32),
+                    A::I(0),
+                    A::I(0),
+                ],
             )?;
-            lt.matmul(h, s, Gemm { w_kn: true, ..Gemm::linear(rows, hd, pl).ld(lds, hd, hd) }, p.p_l.ptr, vl, p.attn_l.ptr, 0, 1.0)?;
-            lt.matmul(h, s, Gemm::linear(pl, wl, hh * hd).residual(), p.attn_l.ptr, l.o_w.ptr, p.xl.ptr, 0, 1.0)?;
-            self.launch(s, K::RmsNorm, pl as u32, 256, (wl * 4) as u32, &[A::P(p.xl.ptr), A::P(p.xln.ptr), A::I(wl as i32), A::F(g.rms_norm_eps)])?;
-            lt.matmul(h, s, Gemm::linear(pl, 2 * fl, wl), p.xln.ptr, l.gu_w.ptr, p.gu_l.ptr, 0, 1.0)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm {
+                    w_kn: true,
+                    ..Gemm::linear(rows, hd, pl).ld(lds, hd, hd)
+                },
+                p.p_l.ptr,
+                vl,
+                p.attn_l.ptr,
+                0,
+                1.0,
+            )?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(pl, wl, hh * hd).residual(),
+                p.attn_l.ptr,
+                l.o_w.ptr,
+                p.xl.ptr,
+                0,
+                1.0,
+            )?;
+            self.launch(
+                s,
+                K::RmsNorm,
+                pl as u32,
+                256,
+                (wl * 4) as u32,
+                &[
+                    A::P(p.xl.ptr),
+                    A::P(p.xln.ptr),
+                    A::I(wl as i32),
+                    A::F(g.rms_norm_eps),
+                ],
+            )?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(pl, 2 * fl, wl),
+                p.xln.ptr,
+                l.gu_w.ptr,
+                p.gu_l.ptr,
+                0,
+                1.0,
+            )?;
             let n8 = (pl * fl).div_ceil(8);
-            self.launch(s, K::GeluMul, n8.div_ceil(256) as u32, 256, 0, &[A::P(p.gu_l.ptr), A::P(p.h_l.ptr), A::I(pl as i32), A::I(fl as i32)])?;
-            lt.matmul(h, s, Gemm::linear(pl, wl, fl).residual(), p.h_l.ptr, l.down_w.ptr, p.xl.ptr, 0, 1.0)?;
+            self.launch(
+                s,
+                K::GeluMul,
+                n8.div_ceil(256) as u32,
+                256,
+                0,
+                &[
+                    A::P(p.gu_l.ptr),
+                    A::P(p.h_l.ptr),
+                    A::I(pl as i32),
+                    A::I(fl as i32),
+                ],
+            )?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(pl, wl, fl).residual(),
+                p.h_l.ptr,
+                l.down_w.ptr,
+                p.xl.ptr,
+                0,
+                1.0,
+            )?;
         }
         Ok(())
     }
@@ -591,18 +887,29 @@ impl Pi0Cuda {
 
     /// Enqueues the decoder of slot `dec` on `stream`, attending to the K/V of prefix slot
     /// `prefix_slot`: state token, then `num_steps` Euler steps; the actions stay in the slot.
-    pub fn enqueue_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize, dec: usize) -> Result<()> {
+    pub fn enqueue_decoder(
+        &self,
+        stream: &Arc<CudaStream>,
+        prefix_slot: usize,
+        dec: usize,
+    ) -> Result<()> {
         let p = self.pslot(prefix_slot)?;
         let ds = self.dslot(dec)?;
         let pl = self.prefix_len(prefix_slot);
         let c = self.chunk(dec);
         if p.nv.load(Ordering::Acquire) == 0 {
-            return Err(Error::Gpu(format!("prefix slot {prefix_slot} holds no observation")));
+            return Err(Error::Gpu(format!(
+                "prefix slot {prefix_slot} holds no observation"
+            )));
         }
         if c == 0 {
-            return Err(Error::Gpu(format!("decoder slot {dec} has no inputs (upload_decoder_inputs first)")));
+            return Err(Error::Gpu(format!(
+                "decoder slot {dec} has no inputs (upload_decoder_inputs first)"
+            )));
         }
-        self.ctx.bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         let s = stream.cu_stream();
         let mut lt = ds.lt.lock().unwrap();
         let lt = &mut *lt;
@@ -612,7 +919,15 @@ impl Pi0Cuda {
         r
     }
 
-    fn decoder(&self, s: sys::CUstream, p: &PrefixSlot, ds: &DecoderSlot, lt: &mut LtCache, pl: usize, c: usize) -> Result<()> {
+    fn decoder(
+        &self,
+        s: sys::CUstream,
+        p: &PrefixSlot,
+        ds: &DecoderSlot,
+        lt: &mut LtCache,
+        pl: usize,
+        c: usize,
+    ) -> Result<()> {
         let g = &self.cfg.expert;
         let (we, fe) = (g.width, g.mlp_dim);
         let (hh, hd) = (self.d.heads, self.d.hd);
@@ -628,9 +943,31 @@ impl Pi0Cuda {
         let scale = 1.0 / (hd as f32).sqrt();
         // Prefix K/V of every layer into this slot's K/V buffers.
         for (dst, src) in [(ds.k.ptr, p.k.ptr), (ds.v.ptr, p.v.ptr)] {
-            copy_2d(dst, dec_layer as usize, src, pre_layer as usize, pl * hd * 2, g.depth, s)?;
+            copy_2d(
+                dst,
+                dec_layer as usize,
+                src,
+                pre_layer as usize,
+                pl * hd * 2,
+                g.depth,
+                s,
+            )?;
         }
-        self.launch(s, K::StateProj, 1, 256, 0, &[A::P(ds.state.ptr), A::P(self.w.state_w.ptr), A::P(self.w.state_b.ptr), A::P(ds.state_row.ptr), A::I(a as i32), A::I(we as i32)])?;
+        self.launch(
+            s,
+            K::StateProj,
+            1,
+            256,
+            0,
+            &[
+                A::P(ds.state.ptr),
+                A::P(self.w.state_w.ptr),
+                A::P(self.w.state_b.ptr),
+                A::P(ds.state_row.ptr),
+                A::I(a as i32),
+                A::I(we as i32),
+            ],
+        )?;
         let x1 = ds.x.ptr + we as u64 * bf;
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
@@ -640,15 +977,51 @@ impl Pi0Cuda {
                 c as u32,
                 256,
                 0,
-                &[A::P(ds.x_t.ptr), A::P(self.w.wf.ptr), A::P(self.w.tb.ptr + (step * we * 4) as u64), A::P(ds.hin.ptr), A::P(ds.state_row.ptr), A::P(ds.x.ptr), A::I(a as i32), A::I(we as i32)],
+                &[
+                    A::P(ds.x_t.ptr),
+                    A::P(self.w.wf.ptr),
+                    A::P(self.w.tb.ptr + (step * we * 4) as u64),
+                    A::P(ds.hin.ptr),
+                    A::P(ds.state_row.ptr),
+                    A::P(ds.x.ptr),
+                    A::I(a as i32),
+                    A::I(we as i32),
+                ],
             )?;
-            lt.matmul(h, s, Gemm::linear(c, we, we).bias(), ds.hin.ptr, self.w.mlp_out_w.ptr, x1, self.w.mlp_out_b.ptr, 1.0)?;
+            lt.matmul(
+                h,
+                s,
+                Gemm::linear(c, we, we).bias(),
+                ds.hin.ptr,
+                self.w.mlp_out_w.ptr,
+                x1,
+                self.w.mlp_out_b.ptr,
+                1.0,
+            )?;
             for (i, l) in self.w.exp.iter().enumerate() {
                 let kl = ds.k.ptr + i as u64 * dec_layer;
                 let vl = ds.v.ptr + i as u64 * dec_layer;
-                let rn = |x: u64, y: u64| self.launch(s, K::RmsNorm, rows as u32, 256, (we * 4) as u32, &[A::P(x), A::P(y), A::I(we as i32), A::F(g.rms_norm_eps)]);
+                let rn = |x: u64, y: u64| {
+                    self.launch(
+                        s,
+                        K::RmsNorm,
+                        rows as u32,
+                        256,
+                        (we * 4) as u32,
+                        &[A::P(x), A::P(y), A::I(we as i32), A::F(g.rms_norm_eps)],
+                    )
+                };
                 rn(ds.x.ptr, ds.xn.ptr)?;
-                lt.matmul(h, s, Gemm::linear(rows, qkvw, we), ds.xn.ptr, l.qkv_w.ptr, ds.qkv.ptr, 0, 1.0)?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm::linear(rows, qkvw, we),
+                    ds.xn.ptr,
+                    l.qkv_w.ptr,
+                    ds.qkv.ptr,
+                    0,
+                    1.0,
+                )?;
                 self.launch(
                     s,
                     K::Rope,
@@ -669,22 +1042,94 @@ impl Pi0Cuda {
                     ],
                 )?;
                 let qr = rows * hh;
-                lt.matmul(h, s, Gemm { out_f32: true, ..Gemm::linear(qr, kvl, hd).ld(hd, hd, lds) }, ds.q.ptr, kl, ds.s.ptr, 0, scale)?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm {
+                        out_f32: true,
+                        ..Gemm::linear(qr, kvl, hd).ld(hd, hd, lds)
+                    },
+                    ds.q.ptr,
+                    kl,
+                    ds.s.ptr,
+                    0,
+                    scale,
+                )?;
                 self.launch(
                     s,
                     K::Softmax,
                     qr.div_ceil(8) as u32,
                     256,
                     0,
-                    &[A::P(ds.s.ptr), A::L(lds as i64), A::P(ds.p.ptr), A::L(lds as i64), A::I(qr as i32), A::I(kvl as i32), A::I(hh as i32), A::I(pl as i32 + 1)],
+                    &[
+                        A::P(ds.s.ptr),
+                        A::L(lds as i64),
+                        A::P(ds.p.ptr),
+                        A::L(lds as i64),
+                        A::I(qr as i32),
+                        A::I(kvl as i32),
+                        A::I(hh as i32),
+                        A::I(pl as i32 + 1),
+                    ],
                 )?;
-                lt.matmul(h, s, Gemm { w_kn: true, ..Gemm::linear(qr, hd, kvl).ld(lds, hd, hd) }, ds.p.ptr, vl, ds.attn.ptr, 0, 1.0)?;
-                lt.matmul(h, s, Gemm::linear(rows, we, hh * hd).residual(), ds.attn.ptr, l.o_w.ptr, ds.x.ptr, 0, 1.0)?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm {
+                        w_kn: true,
+                        ..Gemm::linear(qr, hd, kvl).ld(lds, hd, hd)
+                    },
+                    ds.p.ptr,
+                    vl,
+                    ds.attn.ptr,
+                    0,
+                    1.0,
+                )?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm::linear(rows, we, hh * hd).residual(),
+                    ds.attn.ptr,
+                    l.o_w.ptr,
+                    ds.x.ptr,
+                    0,
+                    1.0,
+                )?;
                 rn(ds.x.ptr, ds.xn.ptr)?;
-                lt.matmul(h, s, Gemm::linear(rows, 2 * fe, we), ds.xn.ptr, l.gu_w.ptr, ds.gu.ptr, 0, 1.0)?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm::linear(rows, 2 * fe, we),
+                    ds.xn.ptr,
+                    l.gu_w.ptr,
+                    ds.gu.ptr,
+                    0,
+                    1.0,
+                )?;
                 let n8 = (rows * fe).div_ceil(8);
-                self.launch(s, K::GeluMul, n8.div_ceil(256) as u32, 256, 0, &[A::P(ds.gu.ptr), A::P(ds.h.ptr), A::I(rows as i32), A::I(fe as i32)])?;
-                lt.matmul(h, s, Gemm::linear(rows, we, fe).residual(), ds.h.ptr, l.down_w.ptr, ds.x.ptr, 0, 1.0)?;
+                self.launch(
+                    s,
+                    K::GeluMul,
+                    n8.div_ceil(256) as u32,
+                    256,
+                    0,
+                    &[
+                        A::P(ds.gu.ptr),
+                        A::P(ds.h.ptr),
+                        A::I(rows as i32),
+                        A::I(fe as i32),
+                    ],
+                )?;
+                lt.matmul(
+                    h,
+                    s,
+                    Gemm::linear(rows, we, fe).residual(),
+                    ds.h.ptr,
+                    l.down_w.ptr,
+                    ds.x.ptr,
+                    0,
+                    1.0,
+                )?;
             }
             self.launch(
                 s,
@@ -692,7 +1137,16 @@ impl Pi0Cuda {
                 c as u32,
                 256,
                 (we * 4) as u32,
-                &[A::P(x1), A::P(self.w.out_w.ptr), A::P(self.w.out_b.ptr), A::P(ds.x_t.ptr), A::I(we as i32), A::I(a as i32), A::F(g.rms_norm_eps), A::F(self.w.dt)],
+                &[
+                    A::P(x1),
+                    A::P(self.w.out_w.ptr),
+                    A::P(self.w.out_b.ptr),
+                    A::P(ds.x_t.ptr),
+                    A::I(we as i32),
+                    A::I(a as i32),
+                    A::F(g.rms_norm_eps),
+                    A::F(self.w.dt),
+                ],
             )?;
             nvtx::range_pop!();
         }
@@ -701,8 +1155,15 @@ impl Pi0Cuda {
 
     // ------------------------------------------------------------------ graphs
 
-    fn capture(&self, stream: &Arc<CudaStream>, f: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
-        drv(stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), "begin capture")?;
+    fn capture(
+        &self,
+        stream: &Arc<CudaStream>,
+        f: impl FnOnce() -> Result<()>,
+    ) -> Result<CudaGraph> {
+        drv(
+            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            "begin capture",
+        )?;
         let r = f();
         let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         r?;
@@ -719,7 +1180,13 @@ impl Pi0Cuda {
         self.enqueue_encoder(stream, slot)?;
         drv(stream.synchronize(), "warm-up")?;
         let p = self.pslot(slot)?;
-        let key = (0u8, slot, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let key = (
+            0u8,
+            slot,
+            0usize,
+            p.nv.load(Ordering::Acquire),
+            p.ntok.load(Ordering::Acquire),
+        );
         let graph = self.capture(stream, || self.enqueue_encoder(stream, slot))?;
         Ok(StageGraph { graph, key })
     }
@@ -727,10 +1194,21 @@ impl Pi0Cuda {
     /// Captures the decoder of `dec` reading prefix slot `prefix_slot` (for the current prefix
     /// length and chunk) on `stream`. Runs the stage once eagerly first; the slot's x_t is then
     /// overwritten, so upload the decoder inputs again before launching the graph.
-    pub fn capture_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize, dec: usize) -> Result<StageGraph> {
+    pub fn capture_decoder(
+        &self,
+        stream: &Arc<CudaStream>,
+        prefix_slot: usize,
+        dec: usize,
+    ) -> Result<StageGraph> {
         self.enqueue_decoder(stream, prefix_slot, dec)?;
         drv(stream.synchronize(), "warm-up")?;
-        let key = (1u8, prefix_slot, dec, self.prefix_len(prefix_slot), self.chunk(dec));
+        let key = (
+            1u8,
+            prefix_slot,
+            dec,
+            self.prefix_len(prefix_slot),
+            self.chunk(dec),
+        );
         let graph = self.capture(stream, || self.enqueue_decoder(stream, prefix_slot, dec))?;
         Ok(StageGraph { graph, key })
     }
@@ -756,7 +1234,13 @@ impl Pi0Cuda {
         self.upload_observation(&st, 0, input)?;
         self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
         let p = &self.pslots[0];
-        let ek = (0u8, 0usize, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let ek = (
+            0u8,
+            0usize,
+            0usize,
+            p.nv.load(Ordering::Acquire),
+            p.ntok.load(Ordering::Acquire),
+        );
         let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
         let have = {
             let g = self.graphs.lock().unwrap();
@@ -798,17 +1282,30 @@ impl Pi0Cuda {
     }
 
     /// `forward` (graphs) with GPU event timings of the two stages.
-    pub fn forward_timed(&mut self, input: &ModelInput, noise: &[f32]) -> Result<(Vec<f32>, StageTimes)> {
+    pub fn forward_timed(
+        &mut self,
+        input: &ModelInput,
+        noise: &[f32],
+    ) -> Result<(Vec<f32>, StageTimes)> {
         let st = self.stream.clone();
         // Make sure graphs exist.
         let _ = self.forward(input, noise)?;
         self.upload_observation(&st, 0, input)?;
         self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
         let p = &self.pslots[0];
-        let ek = (0u8, 0usize, 0usize, p.nv.load(Ordering::Acquire), p.ntok.load(Ordering::Acquire));
+        let ek = (
+            0u8,
+            0usize,
+            0usize,
+            p.nv.load(Ordering::Acquire),
+            p.ntok.load(Ordering::Acquire),
+        );
         let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
         let ev: Vec<_> = (0..3)
-            .map(|_| self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)))
+            .map(|_| {
+                self.ctx
+                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            })
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         {

@@ -149,7 +149,11 @@ fn align_of(p: u64) -> u16 {
 
 impl LtCache {
     pub fn new(workspace: u64, workspace_bytes: usize) -> Self {
-        LtCache { plans: HashMap::new(), workspace, workspace_bytes }
+        LtCache {
+            plans: HashMap::new(),
+            workspace,
+            workspace_bytes,
+        }
     }
 
     fn plan(&mut self, h: &LtHandle, key: Key) -> Result<&Plan> {
@@ -174,7 +178,15 @@ impl LtCache {
         bias: u64,
         alpha: f32,
     ) -> Result<()> {
-        let key = Key { g, align: [align_of(x), align_of(w), align_of(y), align_of(bias.max(256))] };
+        let key = Key {
+            g,
+            align: [
+                align_of(x),
+                align_of(w),
+                align_of(y),
+                align_of(bias.max(256)),
+            ],
+        };
         let (ws, wsb) = (self.workspace, self.workspace_bytes);
         let plan = self.plan(h, key)?;
         if g.epi != Epi::None {
@@ -227,44 +239,86 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
     use ls::cublasLtMatrixLayoutAttribute_t as LA;
     let g = key.g;
     let bf = ls::cudaDataType::CUDA_R_16BF;
-    let out_t = if g.out_f32 { ls::cudaDataType::CUDA_R_32F } else { bf };
+    let out_t = if g.out_f32 {
+        ls::cudaDataType::CUDA_R_32F
+    } else {
+        bf
+    };
     let desc = lt(
-        lr::create_matmul_desc(ls::cublasComputeType_t::CUBLAS_COMPUTE_32F, ls::cudaDataType::CUDA_R_32F),
+        lr::create_matmul_desc(
+            ls::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ls::cudaDataType::CUDA_R_32F,
+        ),
         "desc",
     )?;
     // SAFETY: attribute values are plain integers of the documented types.
     unsafe {
-        let set = |a: DA, v: *const c_void, n: usize| lt(lr::set_matmul_desc_attribute(desc, a, v, n), "desc attr");
+        let set = |a: DA, v: *const c_void, n: usize| {
+            lt(lr::set_matmul_desc_attribute(desc, a, v, n), "desc attr")
+        };
         let ta: i32 = if g.w_kn { 0 } else { 1 }; // CUBLAS_OP_N / CUBLAS_OP_T
         let tb: i32 = 0;
-        set(DA::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const c_void, 4)?;
-        set(DA::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const c_void, 4)?;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_TRANSA,
+            &ta as *const i32 as *const c_void,
+            4,
+        )?;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_TRANSB,
+            &tb as *const i32 as *const c_void,
+            4,
+        )?;
         let epi = match g.epi {
             Epi::None => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
             Epi::Bias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
             Epi::GeluBias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
         };
-        set(DA::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const c_void, std::mem::size_of_val(&epi))?;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi as *const _ as *const c_void,
+            std::mem::size_of_val(&epi),
+        )?;
         if g.epi != Epi::None {
             let bt = bf;
-            set(DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt as *const _ as *const c_void, std::mem::size_of_val(&bt))?;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                &bt as *const _ as *const c_void,
+                std::mem::size_of_val(&bt),
+            )?;
         }
     }
     // A = W: [N][K] row-major = col-major K×N (ld ldw), op T; or [K][N] = col-major N×K, op N.
     let la = if g.w_kn {
-        lt(lr::create_matrix_layout(bf, g.n as u64, g.k as u64, g.ldw as i64), "layout A")?
+        lt(
+            lr::create_matrix_layout(bf, g.n as u64, g.k as u64, g.ldw as i64),
+            "layout A",
+        )?
     } else {
-        lt(lr::create_matrix_layout(bf, g.k as u64, g.n as u64, g.ldw as i64), "layout A")?
+        lt(
+            lr::create_matrix_layout(bf, g.k as u64, g.n as u64, g.ldw as i64),
+            "layout A",
+        )?
     };
-    let lb = lt(lr::create_matrix_layout(bf, g.k as u64, g.m as u64, g.ldx as i64), "layout B")?;
-    let ld = lt(lr::create_matrix_layout(out_t, g.n as u64, g.m as u64, g.ldy as i64), "layout D")?;
+    let lb = lt(
+        lr::create_matrix_layout(bf, g.k as u64, g.m as u64, g.ldx as i64),
+        "layout B",
+    )?;
+    let ld = lt(
+        lr::create_matrix_layout(out_t, g.n as u64, g.m as u64, g.ldy as i64),
+        "layout D",
+    )?;
     if g.batch > 1 {
         for (l, s) in [(la, g.stride_w), (lb, g.stride_x), (ld, g.stride_y)] {
             let c = g.batch as i32;
             // SAFETY: documented attribute types (i32 count, i64 stride).
             unsafe {
                 lt(
-                    lr::set_matrix_layout_attribute(l, LA::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &c as *const i32 as *const c_void, 4),
+                    lr::set_matrix_layout_attribute(
+                        l,
+                        LA::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                        &c as *const i32 as *const c_void,
+                        4,
+                    ),
                     "batch count",
                 )?;
                 lt(
@@ -284,7 +338,12 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
     let heur = unsafe {
         let wsb = ws_bytes as u64;
         lt(
-            lr::set_matmul_pref_attribute(pref, PA::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb as *const u64 as *const c_void, 8),
+            lr::set_matmul_pref_attribute(
+                pref,
+                PA::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &wsb as *const u64 as *const c_void,
+                8,
+            ),
             "pref ws",
         )?;
         let attrs = [
@@ -295,11 +354,25 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
         ];
         for (a, v) in attrs {
             let v = v as u32;
-            lt(lr::set_matmul_pref_attribute(pref, a, &v as *const u32 as *const c_void, 4), "pref align")?;
+            lt(
+                lr::set_matmul_pref_attribute(pref, a, &v as *const u32 as *const c_void, 4),
+                "pref align",
+            )?;
         }
         let r = lr::get_matmul_algo_heuristic(h.0, desc, la, lb, ld, ld, pref);
         let _ = lr::destroy_matmul_pref(pref);
-        r.map_err(|e| Error::Gpu(format!("cuBLASLt has no algorithm for {g:?} (align {:?}): {e:?}", key.align)))?
+        r.map_err(|e| {
+            Error::Gpu(format!(
+                "cuBLASLt has no algorithm for {g:?} (align {:?}): {e:?}",
+                key.align
+            ))
+        })?
     };
-    Ok(Plan { desc, la, lb, ld, algo: heur.algo })
+    Ok(Plan {
+        desc,
+        la,
+        lb,
+        ld,
+        algo: heur.algo,
+    })
 }

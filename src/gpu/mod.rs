@@ -50,7 +50,14 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { device: 0, max_views: 3, max_prompt_len: 48, max_chunk: 64, prefix_slots: 2, decoder_slots: 2 }
+        GpuOptions {
+            device: 0,
+            max_views: 3,
+            max_prompt_len: 48,
+            max_chunk: 64,
+            prefix_slots: 2,
+            decoder_slots: 2,
+        }
     }
 }
 
@@ -70,11 +77,16 @@ unsafe impl Send for StageGraph {}
 impl StageGraph {
     /// Launches on the stream it was captured on.
     pub fn launch(&self) -> Result<()> {
-        self.graph.launch().map_err(|e| Error::Gpu(format!("graph launch: {e:?}")))
+        self.graph
+            .launch()
+            .map_err(|e| Error::Gpu(format!("graph launch: {e:?}")))
     }
     /// Launches on `stream` (the graph keeps the SM confinement of its capture stream).
     pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        stream.context().bind_to_thread().map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
         // SAFETY: valid exec and stream of the same device.
         let r = unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.cu_stream()) };
         device::cu(r, "cuGraphLaunch")

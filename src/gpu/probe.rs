@@ -60,7 +60,9 @@ pub fn skip_reason() -> Option<String> {
     if let Err(e) = check_libraries() {
         return Some(e.to_string());
     }
-    match std::panic::catch_unwind(|| cudarc::driver::result::init().and_then(|_| cudarc::driver::result::device::get_count())) {
+    match std::panic::catch_unwind(|| {
+        cudarc::driver::result::init().and_then(|_| cudarc::driver::result::device::get_count())
+    }) {
         Ok(Ok(n)) if n > 0 => None,
         Ok(Ok(_)) => Some("the CUDA driver reports no GPU".into()),
         Ok(Err(e)) => Some(format!("CUDA driver init failed: {e:?}")),

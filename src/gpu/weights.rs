@@ -21,7 +21,11 @@ use crate::model::keys::{self, InitKind};
 pub trait WeightSource: Sync {
     fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
     fn bf16(&self, name: &str, shape: &[usize]) -> Result<Vec<bf16>> {
-        Ok(self.f32(name, shape)?.into_iter().map(bf16::from_f32).collect())
+        Ok(self
+            .f32(name, shape)?
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect())
     }
 }
 
@@ -42,7 +46,10 @@ pub struct RandomSource {
 
 impl RandomSource {
     pub fn new(cfg: &ModelConfig, seed: u64) -> Self {
-        let kinds = keys::expected_tensors(cfg).into_iter().map(|t| (t.name, t.kind)).collect();
+        let kinds = keys::expected_tensors(cfg)
+            .into_iter()
+            .map(|t| (t.name, t.kind))
+            .collect();
         RandomSource { seed, kinds }
     }
 }
@@ -60,17 +67,21 @@ impl WeightSource for RandomSource {
             InitKind::Embedding => (1.0 / (width as f32).sqrt(), 0.0),
             InitKind::PositionEmbedding => (0.2, 0.0),
         };
-        let h = name.bytes().fold(self.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
+        let h = name
+            .bytes()
+            .fold(self.seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100000001b3)
+            });
         let mut out = vec![0f32; len];
-        out.par_chunks_mut(1 << 18).enumerate().for_each(|(c, chunk)| {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(h.wrapping_add(c as u64));
-            for x in chunk {
-                let z: f32 = rng.sample(StandardNormal);
-                *x = mean + std * z;
-            }
-        });
+        out.par_chunks_mut(1 << 18)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(h.wrapping_add(c as u64));
+                for x in chunk {
+                    let z: f32 = rng.sample(StandardNormal);
+                    *x = mean + std * z;
+                }
+            });
         Ok(out)
     }
 }
@@ -141,7 +152,11 @@ fn scale_cols(w: &mut [f32], s: &[f32]) {
 fn fold_ln(w: &mut [f32], b: &mut [f32], gamma: &[f32], beta: &[f32]) {
     let k = gamma.len();
     b.par_iter_mut().zip(w.par_chunks(k)).for_each(|(bi, row)| {
-        let s: f64 = row.iter().zip(beta).map(|(&x, &be)| x as f64 * be as f64).sum();
+        let s: f64 = row
+            .iter()
+            .zip(beta)
+            .map(|(&x, &be)| x as f64 * be as f64)
+            .sum();
         *bi = (*bi as f64 + s) as f32;
     });
     scale_cols(w, gamma);
@@ -152,7 +167,11 @@ pub fn time_embedding(t: f64, dim: usize, min_p: f64, max_p: f64) -> Vec<f64> {
     let half = dim / 2;
     let mut out = vec![0f64; dim];
     for i in 0..half {
-        let frac = if half > 1 { i as f64 / (half - 1) as f64 } else { 0.0 };
+        let frac = if half > 1 {
+            i as f64 / (half - 1) as f64
+        } else {
+            0.0
+        };
         let period = min_p * (max_p / min_p).powf(frac);
         let x = t / period * 2.0 * std::f64::consts::PI;
         out[i] = x.sin();
@@ -169,14 +188,20 @@ impl Weights {
         let pd = v.patch_dim();
         let pd_pad = pd.div_ceil(8) * 8;
         let emb = format!("{}.embeddings", keys::VISION);
-        let pw = src.f32(&format!("{emb}.patch_embedding.weight"), &[wv, 3, v.patch_size, v.patch_size])?;
+        let pw = src.f32(
+            &format!("{emb}.patch_embedding.weight"),
+            &[wv, 3, v.patch_size, v.patch_size],
+        )?;
         let mut pw_pad = vec![0f32; wv * pd_pad];
         for r in 0..wv {
             pw_pad[r * pd_pad..r * pd_pad + pd].copy_from_slice(&pw[r * pd..(r + 1) * pd]);
         }
         let patch_w = up_bf16(&pw_pad)?;
         let patch_b = up_bf16(&src.f32(&format!("{emb}.patch_embedding.bias"), &[wv])?)?;
-        let pos = up_bf16(&src.f32(&format!("{emb}.position_embedding.weight"), &[v.tokens_per_view(), wv])?)?;
+        let pos = up_bf16(&src.f32(
+            &format!("{emb}.position_embedding.weight"),
+            &[v.tokens_per_view(), wv],
+        )?)?;
 
         // Vision layers: fold on the host in parallel, upload in order.
         let host: Vec<Result<[Vec<f32>; 8]>> = (0..v.depth)
@@ -189,12 +214,22 @@ impl Weights {
                     qkv_w.extend(t(&format!("self_attn.{p}.weight"), &[vd, wv])?);
                     qkv_b.extend(t(&format!("self_attn.{p}.bias"), &[vd])?);
                 }
-                fold_ln(&mut qkv_w, &mut qkv_b, &t("layer_norm1.weight", &[wv])?, &t("layer_norm1.bias", &[wv])?);
+                fold_ln(
+                    &mut qkv_w,
+                    &mut qkv_b,
+                    &t("layer_norm1.weight", &[wv])?,
+                    &t("layer_norm1.bias", &[wv])?,
+                );
                 let o_w = t("self_attn.out_proj.weight", &[wv, vd])?;
                 let o_b = t("self_attn.out_proj.bias", &[wv])?;
                 let mut fc1_w = t("mlp.fc1.weight", &[fv, wv])?;
                 let mut fc1_b = t("mlp.fc1.bias", &[fv])?;
-                fold_ln(&mut fc1_w, &mut fc1_b, &t("layer_norm2.weight", &[wv])?, &t("layer_norm2.bias", &[wv])?);
+                fold_ln(
+                    &mut fc1_w,
+                    &mut fc1_b,
+                    &t("layer_norm2.weight", &[wv])?,
+                    &t("layer_norm2.bias", &[wv])?,
+                );
                 let fc2_w = t("mlp.fc2.weight", &[wv, fv])?;
                 let fc2_b = t("mlp.fc2.bias", &[wv])?;
                 Ok([qkv_w, qkv_b, o_w, o_b, fc1_w, fc1_b, fc2_w, fc2_b])
@@ -233,7 +268,10 @@ impl Weights {
         // Heads.
         let (e, a) = (cfg.expert.width, cfg.action_dim);
         let lin = |name: &str, o: usize, i: usize| -> Result<(Vec<f32>, Vec<f32>)> {
-            Ok((src.f32(&format!("{name}.weight"), &[o, i])?, src.f32(&format!("{name}.bias"), &[o])?))
+            Ok((
+                src.f32(&format!("{name}.weight"), &[o, i])?,
+                src.f32(&format!("{name}.bias"), &[o])?,
+            ))
         };
         let (sw, sb) = lin("state_proj", e, a)?;
         let (aw, ab) = lin("action_in_proj", e, a)?;
@@ -270,12 +308,20 @@ impl Weights {
         }
         let mut tb = vec![0f32; steps * e];
         for (k, &tk) in times.iter().enumerate() {
-            let temb = time_embedding(tk as f64, e, cfg.time_min_period as f64, cfg.time_max_period as f64);
-            tb[k * e..(k + 1) * e].par_iter_mut().enumerate().for_each(|(r, out)| {
-                let m = &mw[r * 2 * e + e..(r + 1) * 2 * e];
-                let s: f64 = m.iter().zip(&temb).map(|(&w, &x)| w as f64 * x).sum();
-                *out = (rows[r].1 + s) as f32;
-            });
+            let temb = time_embedding(
+                tk as f64,
+                e,
+                cfg.time_min_period as f64,
+                cfg.time_max_period as f64,
+            );
+            tb[k * e..(k + 1) * e]
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(r, out)| {
+                    let m = &mw[r * 2 * e + e..(r + 1) * 2 * e];
+                    let s: f64 = m.iter().zip(&temb).map(|(&w, &x)| w as f64 * x).sum();
+                    *out = (rows[r].1 + s) as f32;
+                });
         }
         let mut out_w = pw;
         let one_plus: Vec<f32> = final_norm.iter().map(|w| 1.0 + w).collect();
@@ -306,7 +352,11 @@ impl Weights {
     }
 }
 
-fn load_gemma(src: &dyn WeightSource, prefix: &str, g: &crate::model::config::GemmaConfig) -> Result<Vec<GemmaLayer>> {
+fn load_gemma(
+    src: &dyn WeightSource,
+    prefix: &str,
+    g: &crate::model::config::GemmaConfig,
+) -> Result<Vec<GemmaLayer>> {
     let (w, f, qd, kd) = (g.width, g.mlp_dim, g.q_dim(), g.kv_dim());
     let mut out = Vec::new();
     // Fold a few layers at a time to bound host memory on full-size models.
@@ -314,9 +364,17 @@ fn load_gemma(src: &dyn WeightSource, prefix: &str, g: &crate::model::config::Ge
         let host: Vec<Result<[Vec<bf16>; 4]>> = chunk
             .par_iter()
             .map(|&i| {
-                let t = |leaf: &str, shape: &[usize]| src.f32(&format!("{prefix}.layers.{i}.{leaf}"), shape);
-                let pre: Vec<f32> = t("input_layernorm.weight", &[w])?.iter().map(|x| 1.0 + x).collect();
-                let post: Vec<f32> = t("post_attention_layernorm.weight", &[w])?.iter().map(|x| 1.0 + x).collect();
+                let t = |leaf: &str, shape: &[usize]| {
+                    src.f32(&format!("{prefix}.layers.{i}.{leaf}"), shape)
+                };
+                let pre: Vec<f32> = t("input_layernorm.weight", &[w])?
+                    .iter()
+                    .map(|x| 1.0 + x)
+                    .collect();
+                let post: Vec<f32> = t("post_attention_layernorm.weight", &[w])?
+                    .iter()
+                    .map(|x| 1.0 + x)
+                    .collect();
                 let mut qkv = t("self_attn.q_proj.weight", &[qd, w])?;
                 qkv.extend(t("self_attn.k_proj.weight", &[kd, w])?);
                 qkv.extend(t("self_attn.v_proj.weight", &[kd, w])?);
@@ -324,7 +382,8 @@ fn load_gemma(src: &dyn WeightSource, prefix: &str, g: &crate::model::config::Ge
                 let mut gu = t("mlp.gate_proj.weight", &[f, w])?;
                 gu.extend(t("mlp.up_proj.weight", &[f, w])?);
                 scale_cols(&mut gu, &post);
-                let cv = |v: Vec<f32>| -> Vec<bf16> { v.into_par_iter().map(bf16::from_f32).collect() };
+                let cv =
+                    |v: Vec<f32>| -> Vec<bf16> { v.into_par_iter().map(bf16::from_f32).collect() };
                 Ok([
                     cv(qkv),
                     cv(t("self_attn.o_proj.weight", &[w, qd])?),

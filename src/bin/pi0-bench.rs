@@ -1,0 +1,188 @@
+//! pi0-bench: latency of the CUDA engine's `forward` (CUDA graphs) per configuration.
+//! Warm-up, then median / p90 / p99 of N runs, plus a stage breakdown (encoder, decoder GPU
+//! time from events). Without `--checkpoint` it runs full-size π0 on seeded random weights.
+//!
+//!   pi0-bench --views 2 --prompt-len 20 --chunk 50 --iterations 200
+//!   pi0-bench --configs 1x20x50,2x20x50,3x20x50,2x0x63      (views x prompt x chunk)
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use pi0_mps::gpu::{GpuOptions, Pi0Cuda};
+use pi0_mps::model::{checkpoint, config::ModelConfig};
+use pi0_mps::ModelInput;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser, Debug)]
+#[command(about = "Latency of pi0 forward on the CUDA engine")]
+struct Args {
+    /// Checkpoint directory; random full-size weights when absent.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    views: usize,
+    #[arg(long, default_value_t = 20)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 50)]
+    chunk: usize,
+    /// Several configurations in one process: "VxPxC,..." (views x prompt tokens x chunk).
+    #[arg(long)]
+    configs: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Time `forward_eager` (no graphs) too.
+    #[arg(long)]
+    eager: bool,
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    env_logger::init();
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("pi0-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> pi0_mps::Result<()> {
+    let configs: Vec<(usize, usize, usize)> = match &args.configs {
+        Some(s) => s
+            .split(',')
+            .map(|c| {
+                let v: Vec<usize> = c
+                    .split('x')
+                    .map(|x| x.trim().parse().expect("VxPxC"))
+                    .collect();
+                assert!(v.len() == 3, "configs are VxPxC");
+                (v[0], v[1], v[2])
+            })
+            .collect(),
+        None => vec![(args.views, args.prompt_len, args.chunk)],
+    };
+    let opts = GpuOptions {
+        device: args.device,
+        max_views: configs.iter().map(|c| c.0).max().unwrap().max(1),
+        max_prompt_len: configs.iter().map(|c| c.1).max().unwrap(),
+        max_chunk: configs.iter().map(|c| c.2).max().unwrap(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (mut eng, what) = match &args.checkpoint {
+        Some(dir) => {
+            let loaded = checkpoint::load(dir)?;
+            (
+                Pi0Cuda::new(&loaded, opts)?,
+                format!("checkpoint {}", dir.display()),
+            )
+        }
+        None => (
+            Pi0Cuda::random(&ModelConfig::pi0(), 1, opts)?,
+            "random full-size pi0 weights (seed 1)".to_string(),
+        ),
+    };
+    let cfg = pi0_mps::PolicyEngine::config(&eng).clone();
+    println!(
+        "device: {} | weights: {} | ready in {:.1} s (kernels from cache: {})",
+        eng.device_name(),
+        what,
+        t.elapsed().as_secs_f64(),
+        eng.kernels_from_cache()
+    );
+    let px = cfg.vision.image_size * cfg.vision.image_size * 3;
+    let mut rows = Vec::new();
+    for &(views, prompt, chunk) in &configs {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let input = ModelInput {
+            images: (0..views)
+                .map(|_| Some((0..px).map(|_| rng.gen_range(-1.0f32..1.0)).collect()))
+                .collect(),
+            tokens: (0..prompt)
+                .map(|i| {
+                    if i == 0 {
+                        2
+                    } else {
+                        rng.gen_range(3..cfg.vocab_size as u32)
+                    }
+                })
+                .collect(),
+            state: (0..cfg.action_dim)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect(),
+        };
+        let noise = pi0_mps::engine::gaussian_noise(7, chunk, cfg.action_dim);
+        for _ in 0..args.warmup.max(2) {
+            let out = eng.forward(&input, &noise)?;
+            if out.iter().any(|x| !x.is_finite()) {
+                return Err(pi0_mps::Error::Gpu("non-finite actions".into()));
+            }
+        }
+        let mut ts = Vec::with_capacity(args.iterations);
+        for _ in 0..args.iterations {
+            let t = Instant::now();
+            let out = eng.forward(&input, &noise)?;
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(out);
+        }
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut enc = Vec::new();
+        let mut dec = Vec::new();
+        for _ in 0..args.iterations.clamp(5, 50) {
+            let (_, st) = eng.forward_timed(&input, &noise)?;
+            enc.push(st.encoder_ms as f64);
+            dec.push(st.decoder_ms as f64);
+        }
+        enc.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        dec.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let eager = if args.eager {
+            let mut e = Vec::new();
+            for _ in 0..args.iterations.clamp(3, 20) {
+                let t = Instant::now();
+                eng.forward_eager(&input, &noise)?;
+                e.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            e.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            Some(pct(&e, 0.5))
+        } else {
+            None
+        };
+        rows.push((
+            views,
+            prompt,
+            chunk,
+            pct(&ts, 0.5),
+            pct(&ts, 0.9),
+            pct(&ts, 0.99),
+            pct(&enc, 0.5),
+            pct(&dec, 0.5),
+            eager,
+        ));
+    }
+    println!("\n| views | prompt | chunk | median ms | p90 ms | p99 ms | encoder ms | decoder ms | eager ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            r.4,
+            r.5,
+            r.6,
+            r.7,
+            r.8.map(|x| format!("{x:.3}")).unwrap_or("-".into())
+        );
+    }
+    println!("(iterations {}, warm-up {}, 10 flow steps, forward = upload + encoder graph + decoder graph + download)", args.iterations, args.warmup);
+    Ok(())
+}
