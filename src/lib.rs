@@ -6,12 +6,13 @@
 //! `bag` (rosbag2 I/O), `ros` (the r2r node, behind the `ros` feature).
 
 pub mod bag;
-pub mod bag;
 pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod gpu;
 pub mod model;
+// SM-partitioned encoder/decoder streams (issue #4)
+pub mod partition;
 pub mod pipeline;
 #[cfg(feature = "ros")]
 pub mod ros;

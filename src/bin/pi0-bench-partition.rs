@@ -1,0 +1,255 @@
+//! `pi0-bench-partition`: the partition layer's measurements (the reference's
+//! `benchmark_forward_methods.py --iterations N`), on the synthetic stages or the real engine.
+//!
+//! ```text
+//! pi0-bench-partition --iterations 200 --sweep            # six-way table (+ sweep)
+//! pi0-bench-partition --confinement --equivalence --reconfig 30
+//! pi0-bench-partition --backend mps --confinement         # needs nvidia-cuda-mps-control -d
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pi0_mps::partition::bench::{self, Workload};
+use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
+use pi0_mps::partition::{cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "SM-partition benchmark: six configurations, confinement, equivalence, live reconfiguration"
+)]
+struct Args {
+    /// Frames per configuration.
+    #[arg(long, default_value_t = 100)]
+    iterations: usize,
+    /// Also sweep complementary splits (encoder 90..20 %).
+    #[arg(long)]
+    sweep: bool,
+    /// Skip the six-way benchmark.
+    #[arg(long)]
+    no_bench: bool,
+    /// Backend of the partitioned configurations: green or mps.
+    #[arg(long, default_value = "green")]
+    backend: String,
+    /// Prove confinement with the %smid probe for several splits.
+    #[arg(long)]
+    confinement: bool,
+    /// Concurrent == sequential over this many frames (per phase) with reconfigurations.
+    #[arg(long, default_value_t = 0)]
+    equivalence: usize,
+    /// Reconfiguration under load: stream this many seconds with 20 split changes.
+    #[arg(long, default_value_t = 0.0)]
+    reconfig: f64,
+    /// Synthetic encoder FMA iterations per layer (sets its cost).
+    #[arg(long, default_value_t = 600)]
+    enc_iters: i32,
+    /// Synthetic decoder weight MiB streamed per step.
+    #[arg(long, default_value_t = 512)]
+    dec_weight_mib: usize,
+    /// Write JSON results and tables here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    if let Err(why) = cuda_available() {
+        eprintln!("pi0-bench-partition: no GPU here ({why}); nothing to measure");
+        std::process::exit(0);
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("pi0-bench-partition: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn write(args: &Args, name: &str, text: &str) {
+    if let Some(d) = &args.out {
+        let _ = std::fs::create_dir_all(d);
+        let _ = std::fs::write(d.join(name), text);
+    }
+}
+
+fn run(args: &Args) -> pi0_mps::Result<()> {
+    let backend: Backend = args.backend.parse()?;
+    let ctx =
+        cudarc::driver::CudaContext::new(0).map_err(|e| pi0_mps::Error::Gpu(e.to_string()))?;
+    let cfg = SyntheticConfig {
+        enc_iters: args.enc_iters,
+        dec_weight_bytes: args.dec_weight_mib << 20,
+        ..Default::default()
+    };
+    let stages = SyntheticStages::new(&ctx, cfg.clone())?;
+    let work = workload(&stages, 8);
+    let kernels = PartitionKernels::load(&ctx)?;
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        stages,
+        PipelineOptions {
+            backend: Backend::None,
+            ..Default::default()
+        },
+    )?;
+    let layout = pi0_mps::partition::pipeline::device_layout(&ctx)?;
+    println!(
+        "device: {} SMs, green-context granularity {} (synthetic stages: {cfg:?})",
+        layout.total, layout.granularity
+    );
+    let mut summary = String::new();
+    let req = |e, d| SplitRequest::new(e, d).unwrap();
+
+    if args.confinement {
+        let splits: Vec<(Backend, SplitRequest)> = match backend {
+            Backend::Mps => vec![
+                (Backend::Mps, req(50, 50)),
+                (Backend::Mps, req(70, 30)),
+                (Backend::Mps, req(30, 70)),
+                (Backend::Mps, req(25, 12)),
+                (Backend::Mps, req(80, 60)),
+            ],
+            _ => vec![
+                (Backend::Green, req(50, 50)),
+                (Backend::Green, req(70, 30)),
+                (Backend::Green, req(30, 70)),
+                (Backend::Green, req(90, 10)),
+                (Backend::Green, req(20, 20)),
+                (Backend::Green, req(70, 70)),
+                (Backend::Green, req(100, 30)),
+                (Backend::None, req(100, 100)),
+            ],
+        };
+        let rows = bench::confinement(&p, &kernels, &splits)?;
+        let t = bench::confinement_table(&rows);
+        println!("\n## confinement (%smid probe, 528 blocks)\n{t}");
+        write(args, &format!("confinement-{backend}.md"), &t);
+        summary += &format!(
+            "confinement {backend}: {}/{} ok\n",
+            rows.iter().filter(|r| r.ok()).count(),
+            rows.len()
+        );
+    }
+
+    if args.equivalence > 0 {
+        let splits = match backend {
+            Backend::Mps => vec![
+                (Backend::Mps, req(70, 30)),
+                (Backend::Mps, req(50, 50)),
+                (Backend::None, req(100, 100)),
+                (Backend::Mps, req(30, 70)),
+            ],
+            _ => vec![
+                (Backend::Green, req(70, 30)),
+                (Backend::Green, req(50, 50)),
+                (Backend::None, req(100, 100)),
+                (Backend::Green, req(30, 70)),
+                (Backend::Green, req(60, 60)),
+            ],
+        };
+        let eq = bench::equivalence(&p, &work, args.equivalence, 20, &splits)?;
+        let line = format!(
+            "equivalence ({backend}): {} chunks, {} reconfigurations, {} bitwise equal, max rel err {:.3e}",
+            eq.frames, eq.reconfigurations, eq.bitwise_equal, eq.max_rel_err
+        );
+        println!("\n{line}");
+        summary += &line;
+        summary.push('\n');
+    }
+
+    if args.reconfig > 0.0 {
+        let b = if backend == Backend::Mps {
+            Backend::Mps
+        } else {
+            Backend::Green
+        };
+        let splits = vec![
+            (b, req(70, 30)),
+            (b, req(50, 50)),
+            (b, req(30, 70)),
+            (b, req(60, 40)),
+            (b, req(80, 20)),
+            (b, req(40, 60)),
+        ];
+        // Camera at 1.5 × the slowest encoder of the cycle: no drops unless a switch causes one.
+        p.reconfigure(b, req(30, 70), true, true)?;
+        let mut slow = 0.0f64;
+        for i in 0..5 {
+            let t0 = std::time::Instant::now();
+            p.encode(&work.inputs[i % work.inputs.len()])?;
+            slow = slow.max(t0.elapsed().as_secs_f64());
+        }
+        let cam = Duration::from_secs_f64(slow * 1.5);
+        let r = bench::reconfig_under_load(&p, &work, args.reconfig, 20, cam, &splits)?;
+        let line = format!(
+            "reconfig ({b}): {:.1} s, {} changes, {} errors; camera {:.2} ms: {} submitted, {} encoded, {} dropped; \
+             {} chunks (median gap {:.3} ms, max gap {:.3} ms); prepare new p50 {:.2} ms (max n={}), cached p50 {:.3} ms; \
+             applied encoder p50/p99 {:.3}/{:.3} ms, decoder p50/p99 {:.3}/{:.3} ms; boundary swap p50/p99 {:.1}/{:.1} µs",
+            r.seconds,
+            r.changes,
+            r.errors,
+            cam.as_secs_f64() * 1e3,
+            r.submitted,
+            r.encoded,
+            r.dropped,
+            r.chunks,
+            r.median_gap_ms,
+            r.max_gap_ms,
+            r.prepare_new_ms.p50,
+            r.prepare_new_ms.n,
+            r.prepare_cached_ms.p50,
+            r.applied_encoder_ms.p50,
+            r.applied_encoder_ms.p99,
+            r.applied_decoder_ms.p50,
+            r.applied_decoder_ms.p99,
+            r.swap_us.p50,
+            r.swap_us.p99,
+        );
+        println!("\n{line}");
+        summary += &line;
+        summary.push('\n');
+    }
+
+    if !args.no_bench {
+        let sweep: Vec<(u32, u32)> = if args.sweep {
+            vec![(90, 10), (80, 20), (60, 40), (40, 60), (20, 80)]
+        } else {
+            vec![]
+        };
+        let pb = if backend == Backend::Mps {
+            Backend::Mps
+        } else {
+            Backend::Green
+        };
+        let cases = bench::six_way(pb, &sweep);
+        let res = bench::run_cases(&p, &cases, &work, args.iterations)?;
+        let t = bench::report(&res);
+        println!(
+            "\n## six-way benchmark ({} iterations, {} engine)\n{t}",
+            args.iterations, "synthetic"
+        );
+        write(args, &format!("bench-{pb}.md"), &t);
+        write(args, &format!("bench-{pb}.jsonl"), &bench::to_json(&res));
+    }
+    if !summary.is_empty() {
+        println!("\n## summary\n{summary}");
+        write(args, &format!("summary-{backend}.txt"), &summary);
+    }
+    Ok(())
+}
+
+fn workload(s: &SyntheticStages, n: usize) -> Workload {
+    let mut inputs = Vec::new();
+    let mut noise = Vec::new();
+    for i in 0..n {
+        let mut inp = s.observation(i as u64 + 1);
+        inp.state = pi0_mps::engine::gaussian_noise(100 + i as u64, 1, s.cfg.action_dim);
+        inputs.push(inp);
+        noise.push(pi0_mps::engine::gaussian_noise(
+            1000 + i as u64,
+            s.cfg.chunk,
+            s.cfg.action_dim,
+        ));
+    }
+    Workload { inputs, noise }
+}

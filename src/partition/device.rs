@@ -1,0 +1,411 @@
+//! The CUDA side of the partition layer: probing, green-context and MPS partitions.
+//!
+//! Facts this code relies on were measured on the H100 (../shared/research/h100-measurements.md):
+//! green contexts confine kernels launched on their streams and graphs captured on them; a graph
+//! captured elsewhere is NOT confined by the stream it is launched on; memory of the primary
+//! context is usable in green contexts and (same process) in MPS execution-affinity contexts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{sys, CudaContext, CudaStream};
+
+use super::split::{Backend, SmLayout, SplitPlan, StagePlan};
+use crate::error::{Error, Result};
+
+/// Turns a driver status into a crate error naming the call.
+pub(crate) fn ck(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Gpu(format!("{what}: {r:?}")))
+    }
+}
+
+/// Whether a CUDA driver and GPU can be used here; `Err` says why not (for test skips).
+/// Never panics: libcuda is probed with dlopen before cudarc touches it.
+pub fn cuda_available() -> std::result::Result<(), String> {
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver (libcuda.so) on this machine".into());
+    }
+    unsafe {
+        if sys::cuInit(0) != sys::CUresult::CUDA_SUCCESS {
+            return Err("cuInit failed (no usable NVIDIA GPU)".into());
+        }
+        let mut n = 0;
+        if sys::cuDeviceGetCount(&mut n) != sys::CUresult::CUDA_SUCCESS || n == 0 {
+            return Err("no CUDA device".into());
+        }
+    }
+    Ok(())
+}
+
+/// SM count and green-context granularity of the device (`minSmPartitionSize`).
+pub fn green_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
+    let all = device_sm_resource(ctx)?;
+    let sm = unsafe { all.__bindgen_anon_1.sm };
+    let granularity = sm.minSmPartitionSize.max(1);
+    Ok(SmLayout {
+        total: sm.smCount,
+        granularity,
+    })
+}
+
+pub(crate) fn device_sm_resource(ctx: &Arc<CudaContext>) -> Result<sys::CUdevResource> {
+    ctx.bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+    unsafe {
+        let mut all: sys::CUdevResource = std::mem::zeroed();
+        ck(
+            sys::cuDeviceGetDevResource(
+                ctx.cu_device(),
+                &mut all,
+                sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+            ),
+            "cuDeviceGetDevResource (green contexts need driver >= 550 / CUDA 12.4)",
+        )?;
+        Ok(all)
+    }
+}
+
+/// The device's SMs cut once into `groups` equal groups plus a remainder; descriptors for any
+/// run of groups are made from these (one split, so groups can be combined).
+pub(crate) struct GreenGroups {
+    groups: Vec<sys::CUdevResource>,
+    remainder: sys::CUdevResource,
+    pub layout: SmLayout,
+}
+
+// CUdevResource is plain data describing SMs; no pointer into thread-local state.
+unsafe impl Send for GreenGroups {}
+unsafe impl Sync for GreenGroups {}
+
+impl GreenGroups {
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let all = device_sm_resource(ctx)?;
+        let layout = green_layout(ctx)?;
+        let want = layout.groups();
+        unsafe {
+            let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); want as usize];
+            let mut n = want;
+            let mut remainder: sys::CUdevResource = std::mem::zeroed();
+            ck(
+                sys::cuDevSmResourceSplitByCount(
+                    groups.as_mut_ptr(),
+                    &mut n,
+                    &all,
+                    &mut remainder,
+                    0,
+                    layout.granularity,
+                ),
+                "cuDevSmResourceSplitByCount",
+            )?;
+            groups.truncate(n as usize);
+            if n != want {
+                return Err(Error::Gpu(format!(
+                    "SM split gave {n} groups of {}, expected {want}",
+                    layout.granularity
+                )));
+            }
+            Ok(GreenGroups {
+                groups,
+                remainder,
+                layout,
+            })
+        }
+    }
+
+    /// A green context (and one non-blocking stream in it) over groups `[first, first+count)`,
+    /// plus the remainder SMs if asked and the driver accepts them in one descriptor.
+    fn make(
+        &self,
+        ctx: &Arc<CudaContext>,
+        first: u32,
+        count: u32,
+        with_rem: bool,
+    ) -> Result<(GreenStage, u32)> {
+        let mut res: Vec<sys::CUdevResource> =
+            self.groups[first as usize..(first + count) as usize].to_vec();
+        let rem_sms = unsafe { self.remainder.__bindgen_anon_1.sm.smCount };
+        let try_rem = with_rem && rem_sms > 0;
+        if try_rem {
+            res.push(self.remainder);
+        }
+        unsafe {
+            let mut desc: sys::CUdevResourceDesc = std::ptr::null_mut();
+            let mut r =
+                sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32);
+            if r != sys::CUresult::CUDA_SUCCESS && try_rem {
+                log::debug!(
+                    "remainder SMs refused in a descriptor ({r:?}); using the groups alone"
+                );
+                res.pop();
+                r = sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32);
+            }
+            ck(r, "cuDevResourceGenerateDesc")?;
+            let mut g: sys::CUgreenCtx = std::ptr::null_mut();
+            ck(
+                sys::cuGreenCtxCreate(
+                    &mut g,
+                    desc,
+                    ctx.cu_device(),
+                    sys::CUgreenCtxCreate_flags::CU_GREEN_CTX_DEFAULT_STREAM as u32,
+                ),
+                "cuGreenCtxCreate",
+            )?;
+            let mut s: sys::CUstream = std::ptr::null_mut();
+            let r = sys::cuGreenCtxStreamCreate(
+                &mut s,
+                g,
+                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+                0,
+            );
+            if r != sys::CUresult::CUDA_SUCCESS {
+                sys::cuGreenCtxDestroy(g);
+                ck(r, "cuGreenCtxStreamCreate")?;
+            }
+            let stage = GreenStage { gctx: g, stream: s };
+            let mut got: sys::CUdevResource = std::mem::zeroed();
+            ck(
+                sys::cuGreenCtxGetDevResource(
+                    g,
+                    &mut got,
+                    sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+                ),
+                "cuGreenCtxGetDevResource",
+            )?;
+            Ok((stage, got.__bindgen_anon_1.sm.smCount))
+        }
+    }
+}
+
+struct GreenStage {
+    gctx: sys::CUgreenCtx,
+    stream: sys::CUstream,
+}
+
+impl Drop for GreenStage {
+    fn drop(&mut self) {
+        unsafe {
+            // Graphs captured on this stream are dropped before (PreparedSplit field order).
+            sys::cuStreamSynchronize(self.stream);
+            sys::cuStreamDestroy_v2(self.stream);
+            sys::cuGreenCtxDestroy(self.gctx);
+        }
+    }
+}
+
+enum Owned {
+    #[allow(dead_code)] // held for its Drop
+    Green(GreenStage),
+    /// An MPS execution-affinity context; its stream is owned by the cudarc wrapper.
+    Mps(Arc<CudaContext>),
+    Plain,
+}
+
+/// One prepared split: a stream per stage, confined to its SMs, and the SM counts the driver
+/// actually gave (not just the requested percentages).
+pub struct Partition {
+    pub plan: SplitPlan,
+    /// SMs the encoder stream may use, as reported by the driver.
+    pub encoder_sms: u32,
+    /// SMs the decoder stream may use, as reported by the driver.
+    pub decoder_sms: u32,
+    /// SMs both streams may use (0 = disjoint).
+    pub shared_sms: u32,
+    pub encoder_stream: Arc<CudaStream>,
+    pub decoder_stream: Arc<CudaStream>,
+    /// Time to create the contexts and streams.
+    pub create_ms: f64,
+    // Dropped last: the cudarc wrappers above only borrow green streams.
+    owned: Vec<Owned>,
+}
+
+// Raw green-context handles are process-global driver objects; the driver API is thread safe.
+unsafe impl Send for Partition {}
+unsafe impl Sync for Partition {}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Partition({} {}: encoder {} SMs, decoder {} SMs, shared {})",
+            self.plan.backend,
+            self.plan.request,
+            self.encoder_sms,
+            self.decoder_sms,
+            self.shared_sms
+        )
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = self.encoder_stream.synchronize();
+        let _ = self.decoder_stream.synchronize();
+    }
+}
+
+const MPS_HELP: &str = "the MPS backend needs the MPS control daemon running before this process \
+starts: as the GPU's user run `export CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps \
+CUDA_MPS_LOG_DIRECTORY=/tmp/nvidia-log; nvidia-cuda-mps-control -d` (stop it with \
+`echo quit | nvidia-cuda-mps-control`), use the same CUDA_MPS_PIPE_DIRECTORY here, or pick \
+partition=green (no daemon needed)";
+
+impl Partition {
+    /// Creates the streams for `plan`. `groups` is required for the green backend.
+    pub(crate) fn create(
+        ctx: &Arc<CudaContext>,
+        plan: SplitPlan,
+        groups: Option<&GreenGroups>,
+        total_sms: u32,
+    ) -> Result<Partition> {
+        let t0 = Instant::now();
+        let mut owned = Vec::new();
+        let mut make = |st: StagePlan| -> Result<(Arc<CudaStream>, u32)> {
+            match st {
+                StagePlan::Whole => {
+                    let s = ctx
+                        .new_stream()
+                        .map_err(|e| Error::Gpu(format!("stream: {e}")))?;
+                    owned.push(Owned::Plain);
+                    Ok((s, total_sms))
+                }
+                StagePlan::Groups {
+                    first,
+                    count,
+                    with_remainder,
+                } => {
+                    let g = groups
+                        .ok_or_else(|| Error::Gpu("green contexts are not initialised".into()))?;
+                    let (stage, sms) = g.make(ctx, first, count, with_remainder)?;
+                    let s = unsafe { ctx.wrap_borrowed_stream(stage.stream) };
+                    owned.push(Owned::Green(stage));
+                    Ok((s, sms))
+                }
+                StagePlan::Count(n) => {
+                    let mctx = mps_context(ctx, n)?;
+                    let sms = mps_affinity(&mctx)?;
+                    let s = mctx
+                        .new_stream()
+                        .map_err(|e| Error::Gpu(format!("stream in MPS context: {e}")))?;
+                    owned.push(Owned::Mps(mctx));
+                    Ok((s, sms))
+                }
+            }
+        };
+        let (encoder_stream, encoder_sms) = make(plan.encoder)?;
+        let (decoder_stream, decoder_sms) = make(plan.decoder)?;
+        ctx.bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+        let layout = SmLayout {
+            total: total_sms,
+            granularity: groups.map(|g| g.layout.granularity).unwrap_or(1),
+        };
+        let shared_sms = match plan.backend {
+            Backend::None => total_sms,
+            _ => plan.shared_sms(&layout).min(encoder_sms.min(decoder_sms)),
+        };
+        let p = Partition {
+            plan,
+            encoder_sms,
+            decoder_sms,
+            shared_sms,
+            encoder_stream,
+            decoder_stream,
+            create_ms: t0.elapsed().as_secs_f64() * 1e3,
+            owned,
+        };
+        log::info!(
+            "partition {} {}: encoder {} SMs, decoder {} SMs (shared {}) of {total_sms}, made in {:.2} ms",
+            plan.backend,
+            plan.request,
+            p.encoder_sms,
+            p.decoder_sms,
+            p.shared_sms,
+            p.create_ms
+        );
+        Ok(p)
+    }
+
+    /// The MPS contexts of this partition (to load modules into, for engines that need it).
+    pub fn contexts(&self) -> Vec<Arc<CudaContext>> {
+        self.owned
+            .iter()
+            .filter_map(|o| match o {
+                Owned::Mps(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// An execution-affinity context capped at `sms` SMs (MPS only).
+fn mps_context(primary: &Arc<CudaContext>, sms: u32) -> Result<Arc<CudaContext>> {
+    unsafe {
+        let dev = primary.cu_device();
+        let mut supported = 0i32;
+        let r = sys::cuDeviceGetExecAffinitySupport(
+            &mut supported,
+            sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            dev,
+        );
+        if r != sys::CUresult::CUDA_SUCCESS || supported == 0 {
+            return Err(Error::Gpu(format!(
+                "SM-count execution affinity not supported here ({r:?}); {MPS_HELP}"
+            )));
+        }
+        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
+        aff.type_ = sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT;
+        aff.param.smCount.val = sms;
+        let mut params = sys::CUctxCreateParams {
+            execAffinityParams: &mut aff,
+            numExecAffinityParams: 1,
+            cigParams: std::ptr::null_mut(),
+        };
+        let mut raw: sys::CUcontext = std::ptr::null_mut();
+        let r = sys::cuCtxCreate_v4(&mut raw, &mut params, 0, dev);
+        if r == sys::CUresult::CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY {
+            return Err(Error::Gpu(format!(
+                "cuCtxCreate_v4 with an SM-count affinity failed: no MPS daemon is serving this \
+                 process (CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY); {MPS_HELP}"
+            )));
+        }
+        ck(r, "cuCtxCreate_v4 (MPS execution affinity)")?;
+        // cuCtxCreate pushed the new context; leave the thread as it was.
+        let mut popped: sys::CUcontext = std::ptr::null_mut();
+        sys::cuCtxPopCurrent_v2(&mut popped);
+        let c = CudaContext::from_raw_context(primary.ordinal(), dev, raw)
+            .map_err(|e| Error::Gpu(format!("wrap MPS context: {e}")))?;
+        primary
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+        Ok(c)
+    }
+}
+
+fn mps_affinity(c: &Arc<CudaContext>) -> Result<u32> {
+    c.bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("bind MPS context: {e}")))?;
+    unsafe {
+        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
+        ck(
+            sys::cuCtxGetExecAffinity(
+                &mut aff,
+                sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            ),
+            "cuCtxGetExecAffinity",
+        )?;
+        Ok(aff.param.smCount.val)
+    }
+}
+
+/// Whether an MPS daemon serves this process (an SM-capped context can be made). Creates and
+/// destroys one small context; `Err` carries the how-to-start message.
+pub fn mps_probe(ctx: &Arc<CudaContext>, total_sms: u32) -> Result<()> {
+    let c = mps_context(ctx, (total_sms / 2).max(1))?;
+    drop(c);
+    ctx.bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+    Ok(())
+}

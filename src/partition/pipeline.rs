@@ -1,0 +1,850 @@
+//! `PartitionedPi0`: the two stages on SM-partitioned streams, sequential or concurrent, with
+//! double-buffered prefix slots, a streaming API and live reconfiguration at frame boundaries.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
+
+use super::device::{green_layout, GreenGroups, Partition};
+use super::split::{plan, Backend, PlanKey, SmLayout, SplitPlan, SplitRequest};
+use super::stage::{StageEngine, StageGraph};
+use super::swap::{BoundedCache, FrameBoundarySwap, ObsId, SlotState, SlotTable, Stage};
+use crate::engine::ModelInput;
+use crate::error::{Error, Result};
+
+/// How the pipeline starts.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub backend: Backend,
+    pub split: SplitRequest,
+    /// Encoder of frame t+1 overlaps the decoder of frame t.
+    pub concurrent: bool,
+    /// Run each stage as a CUDA graph captured on its partition's stream.
+    pub use_graphs: bool,
+    /// Prepared splits (contexts, streams, graphs) kept for fast switching.
+    pub cache_capacity: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            backend: Backend::Green,
+            split: SplitRequest::whole(),
+            concurrent: false,
+            use_graphs: true,
+            cache_capacity: 6,
+        }
+    }
+}
+
+/// The split, backend and mode as they run, with the SM counts the driver gave.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartitionInfo {
+    pub backend: Backend,
+    pub request: SplitRequest,
+    pub encoder_sms: u32,
+    pub decoder_sms: u32,
+    pub shared_sms: u32,
+    pub total_sms: u32,
+    pub concurrent: bool,
+    pub use_graphs: bool,
+}
+
+/// What `set_split`/`reconfigure` did.
+#[derive(Clone, Debug)]
+pub struct SwitchReport {
+    pub generation: u64,
+    pub from: PartitionInfo,
+    pub to: PartitionInfo,
+    /// The split was prepared before (contexts, streams and graphs reused).
+    pub cache_hit: bool,
+    /// Creating contexts/streams and capturing graphs, off the hot path.
+    pub prepare_ms: f64,
+    /// Of which graph capture.
+    pub capture_ms: f64,
+}
+
+/// When a published configuration reached each stage.
+#[derive(Clone, Debug, Default)]
+pub struct SwitchRecord {
+    pub generation: u64,
+    pub prepare_ms: f64,
+    pub cache_hit: bool,
+    /// From publication to the first frame of the stage on the new configuration.
+    pub encoder_applied_ms: Option<f64>,
+    pub decoder_applied_ms: Option<f64>,
+    /// Host time the stage spent at its boundary switching (fence + swap).
+    pub encoder_swap_us: Option<f64>,
+    pub decoder_swap_us: Option<f64>,
+    published: Option<Instant>,
+}
+
+/// One action chunk, stamped with the observation whose prefix it used.
+#[derive(Clone, Debug)]
+pub struct ActionChunk {
+    pub actions: Vec<f32>,
+    /// The observation whose prefix K/V the decoder read.
+    pub prefix_obs: ObsId,
+    /// `forward`: the id given to this call's observation (equal to `prefix_obs` when
+    /// sequential; the next chunk uses it when concurrent). `request_actions`: None.
+    pub input_obs: Option<ObsId>,
+    /// Request to actions on the host (upload + decoder + download).
+    pub latency_ms: f64,
+    pub encoder_sms: u32,
+    pub decoder_sms: u32,
+    pub generation: u64,
+}
+
+/// Counters of the streaming API.
+#[derive(Clone, Debug, Default)]
+pub struct StreamStats {
+    pub submitted: u64,
+    pub encoded: u64,
+    /// Observations replaced by a newer one before their encoder started.
+    pub dropped: u64,
+    pub decoded: u64,
+    pub encoder_errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// A prepared split: its partition and the graphs captured on its streams.
+pub struct PreparedSplit {
+    // Graphs before the partition: dropped first (they hold its streams).
+    enc_graphs: Vec<StageGraph>,
+    dec_graphs: Vec<StageGraph>,
+    pub capture_ms: f64,
+    pub partition: Partition,
+}
+
+impl PreparedSplit {
+    fn has_graphs(&self) -> bool {
+        !self.enc_graphs.is_empty()
+    }
+}
+
+#[derive(Clone)]
+struct Active {
+    prepared: Arc<PreparedSplit>,
+    concurrent: bool,
+    use_graphs: bool,
+}
+
+struct Slots {
+    table: SlotTable,
+    written: Vec<Option<Arc<CudaEvent>>>,
+    last_read: Vec<Option<Arc<CudaEvent>>>,
+}
+
+impl Slots {
+    /// Promotes finished encoder runs to Ready.
+    fn refresh(&mut self) {
+        for i in 0..self.table.states.len() {
+            if let SlotState::Writing(o) = self.table.states[i] {
+                if self.written[i].as_ref().is_some_and(|e| e.is_complete()) {
+                    self.table.states[i] = SlotState::Ready(o);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct StageRun {
+    last: Option<Arc<CudaEvent>>,
+}
+
+struct Pending {
+    obs: Option<(ObsId, ModelInput)>,
+}
+
+struct Inner<E: StageEngine> {
+    engine: E,
+    ctx: Arc<CudaContext>,
+    total_sms: u32,
+    green: Option<GreenGroups>,
+    green_err: Option<String>,
+    cache: Mutex<BoundedCache<PlanKey, Arc<PreparedSplit>>>,
+    swap: Mutex<FrameBoundarySwap<Active>>,
+    slots: Mutex<Slots>,
+    slots_cv: Condvar,
+    enc: Mutex<StageRun>,
+    dec: Mutex<StageRun>,
+    seq: Mutex<()>,
+    reconfig: Mutex<()>,
+    pending: Mutex<Pending>,
+    pending_cv: Condvar,
+    next_obs: AtomicU64,
+    stats: Mutex<StreamStats>,
+    switches: Mutex<Vec<SwitchRecord>>,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn gpu<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Gpu(format!("{what}: {e}"))
+}
+
+struct Range;
+impl Range {
+    fn new(name: &str) -> Range {
+        nvtx::range_push!("{}", name);
+        Range
+    }
+}
+impl Drop for Range {
+    fn drop(&mut self) {
+        nvtx::range_pop!();
+    }
+}
+
+/// π0 stages on SM-partitioned streams. `Send + Sync`: share it in an `Arc`; the streaming
+/// calls block the calling thread on the GPU (from tokio, use `spawn_blocking`).
+pub struct PartitionedPi0<E: StageEngine + 'static> {
+    inner: Arc<Inner<E>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<E: StageEngine + 'static> PartitionedPi0<E> {
+    /// Builds the pipeline on device `ctx` around `engine` and prepares the first split.
+    pub fn new(ctx: Arc<CudaContext>, engine: E, opts: PipelineOptions) -> Result<Self> {
+        let slots_n = engine.prefix_slots();
+        if slots_n < 2 {
+            return Err(Error::Gpu(format!(
+                "the engine has {slots_n} prefix slot(s); the pipeline needs at least 2"
+            )));
+        }
+        let total_sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(gpu("SM count"))? as u32;
+        let (green, green_err) = match GreenGroups::new(&ctx) {
+            Ok(g) => (Some(g), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let probe_plan = plan(
+            Backend::None,
+            SplitRequest::whole(),
+            SmLayout {
+                total: total_sms,
+                granularity: 1,
+            },
+        )?;
+        // A placeholder active configuration; replaced below before any frame runs.
+        let placeholder = Arc::new(PreparedSplit {
+            enc_graphs: vec![],
+            dec_graphs: vec![],
+            capture_ms: 0.0,
+            partition: Partition::create(&ctx, probe_plan, None, total_sms)?,
+        });
+        let inner = Arc::new(Inner {
+            ctx,
+            total_sms,
+            green,
+            green_err,
+            cache: Mutex::new(BoundedCache::new(opts.cache_capacity)),
+            swap: Mutex::new(FrameBoundarySwap::new(Active {
+                prepared: placeholder,
+                concurrent: opts.concurrent,
+                use_graphs: false,
+            })),
+            slots: Mutex::new(Slots {
+                table: SlotTable::new(slots_n),
+                written: vec![None; slots_n],
+                last_read: vec![None; slots_n],
+            }),
+            slots_cv: Condvar::new(),
+            enc: Mutex::new(StageRun::default()),
+            dec: Mutex::new(StageRun::default()),
+            seq: Mutex::new(()),
+            reconfig: Mutex::new(()),
+            pending: Mutex::new(Pending { obs: None }),
+            pending_cv: Condvar::new(),
+            next_obs: AtomicU64::new(1),
+            stats: Mutex::new(StreamStats::default()),
+            switches: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            engine,
+        });
+        let p = PartitionedPi0 {
+            inner,
+            worker: Mutex::new(None),
+        };
+        p.reconfigure(opts.backend, opts.split, opts.concurrent, opts.use_graphs)?;
+        Ok(p)
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.inner.engine
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+    pub fn total_sms(&self) -> u32 {
+        self.inner.total_sms
+    }
+
+    /// The configuration new frames start with (SM counts as the driver reports them).
+    pub fn partition(&self) -> PartitionInfo {
+        let a = lock(&self.inner.swap).current().clone();
+        info(&a, self.inner.total_sms)
+    }
+
+    /// The streams of the current partition (encoder, decoder), e.g. for probes.
+    pub fn streams(&self) -> (Arc<CudaStream>, Arc<CudaStream>) {
+        let a = lock(&self.inner.swap).current().clone();
+        (
+            a.prepared.partition.encoder_stream.clone(),
+            a.prepared.partition.decoder_stream.clone(),
+        )
+    }
+
+    /// Changes the split; takes effect at each stage's next frame boundary. Validates first
+    /// (out of range: an error, nothing changes); prepares off the hot path (in this thread).
+    pub fn set_split(&self, encoder_pct: u32, decoder_pct: u32) -> Result<SwitchReport> {
+        let req = SplitRequest::new(encoder_pct, decoder_pct)?;
+        let a = lock(&self.inner.swap).current().clone();
+        self.reconfigure(
+            a.prepared.partition.plan.backend,
+            req,
+            a.concurrent,
+            a.use_graphs,
+        )
+    }
+
+    /// Changes backend and/or mode (and split) at the next frame boundary.
+    pub fn reconfigure(
+        &self,
+        backend: Backend,
+        split: SplitRequest,
+        concurrent: bool,
+        use_graphs: bool,
+    ) -> Result<SwitchReport> {
+        split.validate()?;
+        let inner = &self.inner;
+        let _one = lock(&inner.reconfig);
+        let t0 = Instant::now();
+        let layout = match backend {
+            Backend::Green => match &inner.green {
+                Some(g) => g.layout,
+                None => {
+                    return Err(Error::Gpu(format!(
+                        "green contexts are not available on this GPU/driver ({}); use partition=mps or none",
+                        inner.green_err.as_deref().unwrap_or("unknown")
+                    )))
+                }
+            },
+            _ => SmLayout {
+                total: inner.total_sms,
+                granularity: 1,
+            },
+        };
+        let plan = plan(backend, split, layout)?;
+        let from = self.partition();
+        let cached = lock(&inner.cache).get(&plan.key());
+        let (prepared, hit) = match cached {
+            Some(p) if !use_graphs || p.has_graphs() => (p, true),
+            _ => (Arc::new(self.prepare(plan, use_graphs)?), false),
+        };
+        let capture_ms = if hit { 0.0 } else { prepared.capture_ms };
+        let evicted = lock(&inner.cache).insert(plan.key(), prepared.clone());
+        let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let active = Active {
+            prepared,
+            concurrent,
+            use_graphs,
+        };
+        let to = info(&active, inner.total_sms);
+        let generation = {
+            let mut sw = lock(&inner.swap);
+            let g = sw.publish(active);
+            lock(&inner.switches).push(SwitchRecord {
+                generation: g,
+                prepare_ms,
+                cache_hit: hit,
+                published: Some(Instant::now()),
+                ..Default::default()
+            });
+            g
+        };
+        // Evicted splits are freed when the last frame running on them lets go (Arc).
+        drop(evicted);
+        log::info!(
+            "partition switch #{generation}: {} {} -> {} {} (encoder {} SMs, decoder {} SMs, {}), \
+             prepared in {prepare_ms:.2} ms{}",
+            from.backend,
+            from.request,
+            to.backend,
+            to.request,
+            to.encoder_sms,
+            to.decoder_sms,
+            if concurrent {
+                "concurrent"
+            } else {
+                "sequential"
+            },
+            if hit { " (cached)" } else { "" }
+        );
+        inner.slots_cv.notify_all();
+        Ok(SwitchReport {
+            generation,
+            from,
+            to,
+            cache_hit: hit,
+            prepare_ms,
+            capture_ms,
+        })
+    }
+
+    fn prepare(&self, plan: SplitPlan, use_graphs: bool) -> Result<PreparedSplit> {
+        let inner = &self.inner;
+        let partition = Partition::create(&inner.ctx, plan, inner.green.as_ref(), inner.total_sms)?;
+        let t0 = Instant::now();
+        let mut enc_graphs = Vec::new();
+        let mut dec_graphs = Vec::new();
+        if use_graphs {
+            let n = inner.engine.prefix_slots();
+            for slot in 0..n {
+                // One graph per lock: the hot path interleaves with the captures.
+                let _e = lock(&inner.enc);
+                enc_graphs.push(
+                    inner
+                        .engine
+                        .capture_encoder(&partition.encoder_stream, slot)?,
+                );
+            }
+            for slot in 0..n {
+                let _d = lock(&inner.dec);
+                dec_graphs.push(
+                    inner
+                        .engine
+                        .capture_decoder(&partition.decoder_stream, slot)?,
+                );
+            }
+        }
+        let capture_ms = t0.elapsed().as_secs_f64() * 1e3;
+        inner.ctx.bind_to_thread().map_err(gpu("bind context"))?;
+        Ok(PreparedSplit {
+            enc_graphs,
+            dec_graphs,
+            capture_ms,
+            partition,
+        })
+    }
+
+    /// Switch records: when each configuration reached each stage.
+    pub fn switch_history(&self) -> Vec<SwitchRecord> {
+        lock(&self.inner.switches).clone()
+    }
+
+    pub fn stream_stats(&self) -> StreamStats {
+        lock(&self.inner.stats).clone()
+    }
+
+    // ---- the two stages ------------------------------------------------------------------
+
+    fn note_switch(&self, stage: Stage, gen: u64, swap_us: f64) {
+        let mut sw = lock(&self.inner.switches);
+        if let Some(r) = sw.iter_mut().rev().find(|r| r.generation == gen) {
+            let applied = r.published.map(|p| p.elapsed().as_secs_f64() * 1e3);
+            match stage {
+                Stage::Encoder => {
+                    r.encoder_applied_ms = r.encoder_applied_ms.or(applied);
+                    r.encoder_swap_us = r.encoder_swap_us.or(Some(swap_us));
+                }
+                Stage::Decoder => {
+                    r.decoder_applied_ms = r.decoder_applied_ms.or(applied);
+                    r.decoder_swap_us = r.decoder_swap_us.or(Some(swap_us));
+                }
+            }
+        }
+    }
+
+    /// Enqueues the encoder of `obs` into a free slot; returns the slot and its done event.
+    fn run_encoder(&self, obs: ObsId, input: &ModelInput) -> Result<(usize, Arc<CudaEvent>)> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (slot, last_read) = {
+            let mut s = lock(&inner.slots);
+            loop {
+                s.refresh();
+                if let Some(i) = s.table.slot_to_write() {
+                    s.table.states[i] = SlotState::Writing(obs);
+                    s.written[i] = None;
+                    break (i, s.last_read[i].clone());
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Gpu("no prefix slot became free in 30 s".into()));
+                }
+                s = inner
+                    .slots_cv
+                    .wait_timeout(s, Duration::from_millis(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        let res = (|| {
+            let mut run = lock(&inner.enc);
+            let t_sw = Instant::now();
+            let (active, switched, gen) = {
+                let mut sw = lock(&inner.swap);
+                let (a, s) = sw.acquire(Stage::Encoder);
+                (a, s, sw.generation())
+            };
+            let p = &active.prepared;
+            let stream = &p.partition.encoder_stream;
+            if switched {
+                // Encoder scratch is shared across partitions: fence after the old stream.
+                if let Some(ev) = &run.last {
+                    stream.wait(ev).map_err(gpu("fence"))?;
+                }
+                self.note_switch(Stage::Encoder, gen, t_sw.elapsed().as_secs_f64() * 1e6);
+            }
+            if let Some(ev) = &last_read {
+                stream.wait(ev).map_err(gpu("slot fence"))?;
+            }
+            let _r = Range::new("encoder");
+            inner.engine.upload_observation(stream, slot, input)?;
+            match p.enc_graphs.get(slot) {
+                Some(g) if active.use_graphs => g.launch()?,
+                _ => inner.engine.enqueue_encoder(stream, slot)?,
+            }
+            let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
+            run.last = Some(ev.clone());
+            Ok(ev)
+        })();
+        let mut s = lock(&inner.slots);
+        match res {
+            Ok(ev) => {
+                s.written[slot] = Some(ev.clone());
+                Ok((slot, ev))
+            }
+            Err(e) => {
+                s.table.states[slot] = SlotState::Empty;
+                inner.slots_cv.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the decoder on the prefix in `slot` (pinned by the caller) and downloads actions.
+    fn run_decoder(
+        &self,
+        slot: usize,
+        obs: ObsId,
+        state: &[f32],
+        noise: &[f32],
+    ) -> Result<ActionChunk> {
+        let inner = &self.inner;
+        let t0 = Instant::now();
+        struct Unpin<'a, E: StageEngine>(&'a Inner<E>, usize, bool);
+        impl<E: StageEngine> Drop for Unpin<'_, E> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    let mut s = lock(&self.0.slots);
+                    s.table.pins[self.1] -= 1;
+                    self.0.slots_cv.notify_all();
+                }
+            }
+        }
+        let mut unpin = Unpin(inner, slot, false);
+        let written = lock(&inner.slots).written[slot].clone();
+        let mut run = lock(&inner.dec);
+        let t_sw = Instant::now();
+        let (active, switched, gen) = {
+            let mut sw = lock(&inner.swap);
+            let (a, s) = sw.acquire(Stage::Decoder);
+            (a, s, sw.generation())
+        };
+        let p = &active.prepared;
+        let stream = &p.partition.decoder_stream;
+        if switched {
+            if let Some(ev) = &run.last {
+                stream.wait(ev).map_err(gpu("fence"))?;
+            }
+            self.note_switch(Stage::Decoder, gen, t_sw.elapsed().as_secs_f64() * 1e6);
+        }
+        if let Some(ev) = &written {
+            stream.wait(ev).map_err(gpu("prefix fence"))?;
+        }
+        let _r = Range::new("decoder");
+        inner.engine.upload_decoder_inputs(stream, state, noise)?;
+        match p.dec_graphs.get(slot) {
+            Some(g) if active.use_graphs => g.launch()?,
+            _ => inner.engine.enqueue_decoder(stream, slot)?,
+        }
+        let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
+        {
+            let mut s = lock(&inner.slots);
+            s.last_read[slot] = Some(ev.clone());
+            s.table.pins[slot] -= 1;
+            unpin.2 = true;
+            inner.slots_cv.notify_all();
+        }
+        run.last = Some(ev);
+        let actions = inner.engine.download_actions(stream)?;
+        drop(run);
+        lock(&inner.stats).decoded += 1;
+        Ok(ActionChunk {
+            actions,
+            prefix_obs: obs,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+            encoder_sms: p.partition.encoder_sms,
+            decoder_sms: p.partition.decoder_sms,
+            generation: gen,
+            input_obs: None,
+        })
+    }
+
+    fn pin(&self, slot: usize) -> ObsId {
+        let mut s = lock(&self.inner.slots);
+        s.table.pins[slot] += 1;
+        s.table.states[slot].obs().unwrap_or(0)
+    }
+
+    // ---- one-call API ---------------------------------------------------------------------
+
+    /// The reference's `forward_mps`: runs one observation with the encoder and decoder on
+    /// `encoder_pct` / `decoder_pct` of the SMs. The split is applied first if it differs
+    /// (prepared and cached; an invalid split is an error and nothing changes).
+    ///
+    /// * `concurrent = false`: encoder then decoder of this observation.
+    /// * `concurrent = true`: pipelined: this observation's encoder overlaps the decoder, which
+    ///   runs on the previous call's prefix (the first call waits for its own). The returned
+    ///   chunk's `prefix_obs` says which observation it used.
+    pub fn forward_mps(
+        &self,
+        input: &ModelInput,
+        noise: &[f32],
+        encoder_pct: u32,
+        decoder_pct: u32,
+        concurrent: bool,
+    ) -> Result<ActionChunk> {
+        let req = SplitRequest::new(encoder_pct, decoder_pct)?;
+        let cur = self.partition();
+        if cur.request != req || cur.concurrent != concurrent {
+            self.reconfigure(cur.backend, req, concurrent, cur.use_graphs)?;
+        }
+        self.forward(input, noise)
+    }
+
+    /// One frame with the current configuration (see `forward_mps`).
+    pub fn forward(&self, input: &ModelInput, noise: &[f32]) -> Result<ActionChunk> {
+        let concurrent = lock(&self.inner.swap).current().concurrent;
+        let obs = self.inner.next_obs.fetch_add(1, Ordering::Relaxed);
+        let (slot_e, _ev) = self.run_encoder(obs, input)?;
+        let (slot, pobs) = if concurrent {
+            let prev = lock(&self.inner.slots).table.newest_before(obs);
+            prev.unwrap_or((slot_e, obs))
+        } else {
+            (slot_e, obs)
+        };
+        self.pin(slot);
+        let mut chunk = self.run_decoder(slot, pobs, &input.state, noise)?;
+        chunk.input_obs = Some(obs);
+        lock(&self.inner.slots).refresh();
+        Ok(chunk)
+    }
+
+    /// Runs only the encoder of `input` (on the encoder partition) and waits for it; the
+    /// prefix becomes the newest complete one. Returns its observation id.
+    pub fn encode(&self, input: &ModelInput) -> Result<ObsId> {
+        let obs = self.inner.next_obs.fetch_add(1, Ordering::Relaxed);
+        let (slot, ev) = self.run_encoder(obs, input)?;
+        ev.synchronize().map_err(gpu("encoder sync"))?;
+        let mut s = lock(&self.inner.slots);
+        s.table.states[slot] = SlotState::Ready(obs);
+        drop(s);
+        self.inner.slots_cv.notify_all();
+        Ok(obs)
+    }
+
+    /// Waits until every enqueued frame has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        let (e, d) = {
+            let a = lock(&self.inner.swap).current().clone();
+            (
+                a.prepared.partition.encoder_stream.clone(),
+                a.prepared.partition.decoder_stream.clone(),
+            )
+        };
+        for r in [&self.inner.enc, &self.inner.dec] {
+            if let Some(ev) = lock(r).last.clone() {
+                ev.synchronize().map_err(gpu("sync"))?;
+            }
+        }
+        e.synchronize().map_err(gpu("sync"))?;
+        d.synchronize().map_err(gpu("sync"))?;
+        lock(&self.inner.slots).refresh();
+        Ok(())
+    }
+
+    // ---- streaming API --------------------------------------------------------------------
+
+    /// Hands a new observation to the encoder (which runs on its own thread, on its partition).
+    /// Returns at once. If the encoder is busy, the observation waits; a newer one replaces it
+    /// (counted in `stream_stats().dropped`).
+    pub fn submit_observation(&self, input: ModelInput) -> Result<ObsId> {
+        self.ensure_worker()?;
+        let obs = self.inner.next_obs.fetch_add(1, Ordering::Relaxed);
+        let mut p = lock(&self.inner.pending);
+        let mut st = lock(&self.inner.stats);
+        st.submitted += 1;
+        if p.obs.replace((obs, input)).is_some() {
+            st.dropped += 1;
+        }
+        drop(st);
+        drop(p);
+        self.inner.pending_cv.notify_all();
+        Ok(obs)
+    }
+
+    /// Runs the decoder on the newest complete prefix with this state and noise. Waits (up to
+    /// `timeout`) for the first prefix if none is complete yet.
+    pub fn request_actions(&self, state: &[f32], noise: &[f32]) -> Result<ActionChunk> {
+        self.request_actions_timeout(state, noise, Duration::from_secs(10))
+    }
+
+    pub fn request_actions_timeout(
+        &self,
+        state: &[f32],
+        noise: &[f32],
+        timeout: Duration,
+    ) -> Result<ActionChunk> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        // Sequential mode: the decoder and the encoder thread take turns. Taken before the
+        // pin, so the encoder (which holds it while it waits for a slot) never waits on us.
+        let concurrent = lock(&inner.swap).current().concurrent;
+        let _seq = (!concurrent).then(|| lock(&inner.seq));
+        let (slot, obs) = {
+            let mut s = lock(&inner.slots);
+            loop {
+                s.refresh();
+                if let Some((i, o)) = s.table.newest_ready() {
+                    s.table.pins[i] += 1;
+                    break (i, o);
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Input(
+                        "no encoded observation yet: call submit_observation first".into(),
+                    ));
+                }
+                s = inner
+                    .slots_cv
+                    .wait_timeout(s, Duration::from_millis(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        self.run_decoder(slot, obs, state, noise)
+    }
+
+    /// The newest observation whose prefix is complete.
+    pub fn newest_prefix(&self) -> Option<ObsId> {
+        let mut s = lock(&self.inner.slots);
+        s.refresh();
+        s.table.newest_ready().map(|(_, o)| o)
+    }
+
+    fn ensure_worker(&self) -> Result<()> {
+        let mut w = lock(&self.worker);
+        if w.is_some() {
+            return Ok(());
+        }
+        let me = PartitionedPi0 {
+            inner: self.inner.clone(),
+            worker: Mutex::new(None),
+        };
+        let h = std::thread::Builder::new()
+            .name("pi0-encoder".into())
+            .spawn(move || me.worker_loop())
+            .map_err(|e| Error::Gpu(format!("encoder thread: {e}")))?;
+        *w = Some(h);
+        Ok(())
+    }
+
+    fn worker_loop(&self) {
+        let inner = &self.inner;
+        nvtx::name_thread!("pi0-encoder");
+        loop {
+            let (obs, input) = {
+                let mut p = lock(&inner.pending);
+                loop {
+                    if inner.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(x) = p.obs.take() {
+                        break x;
+                    }
+                    p = inner
+                        .pending_cv
+                        .wait_timeout(p, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            let concurrent = lock(&inner.swap).current().concurrent;
+            let seq = (!concurrent).then(|| lock(&inner.seq));
+            let r = self.run_encoder(obs, &input).and_then(|(slot, ev)| {
+                ev.synchronize().map_err(gpu("encoder sync"))?;
+                Ok(slot)
+            });
+            drop(seq);
+            match r {
+                Ok(slot) => {
+                    let mut s = lock(&inner.slots);
+                    s.table.states[slot] = SlotState::Ready(obs);
+                    drop(s);
+                    inner.slots_cv.notify_all();
+                    lock(&inner.stats).encoded += 1;
+                }
+                Err(e) => {
+                    log::error!("encoder of observation {obs}: {e}");
+                    let mut st = lock(&inner.stats);
+                    st.encoder_errors += 1;
+                    st.last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl<E: StageEngine + 'static> Drop for PartitionedPi0<E> {
+    fn drop(&mut self) {
+        let h = self.worker.get_mut().map(|w| w.take()).unwrap_or(None);
+        if let Some(h) = h {
+            self.inner.stop.store(true, Ordering::Relaxed);
+            self.inner.pending_cv.notify_all();
+            let _ = h.join();
+        }
+        if self.worker.get_mut().is_ok() && Arc::strong_count(&self.inner) == 1 {
+            let _ = self.synchronize();
+        }
+    }
+}
+
+fn info(a: &Active, total: u32) -> PartitionInfo {
+    let p = &a.prepared.partition;
+    PartitionInfo {
+        backend: p.plan.backend,
+        request: p.plan.request,
+        encoder_sms: p.encoder_sms,
+        decoder_sms: p.decoder_sms,
+        shared_sms: p.shared_sms,
+        total_sms: total,
+        concurrent: a.concurrent,
+        use_graphs: a.use_graphs,
+    }
+}
+
+/// The green-context granularity of the device (for reports).
+pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
+    green_layout(ctx)
+}

@@ -1,0 +1,97 @@
+//! What the partition layer needs from an engine: the two stages as functions that enqueue on
+//! any stream. `gpu::Pi0Cuda` implements it (see `pi0.rs`); `SyntheticStages` is a stand-in
+//! with the same shape for tests and for measuring the layer on its own.
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaGraph, CudaStream};
+
+use crate::engine::ModelInput;
+use crate::error::{Error, Result};
+
+/// The encoder/decoder stages of a π0 engine, enqueued on a caller-chosen stream.
+///
+/// Contract (what the pipeline guarantees, and what it expects):
+/// * calls for the encoder are serialised among themselves, and so are calls for the decoder;
+///   an encoder call and a decoder call may run at the same time on two threads, so the two
+///   stages must not share host-side mutable state or device scratch;
+/// * the pipeline fences prefix slots with events: a slot is never written while a decoder
+///   that reads it may still run, and a decoder only reads a slot whose encoder has finished
+///   (or waits on its event);
+/// * the same stream is passed for every call of one frame of one stage;
+/// * graphs are captured with `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` from a thread other than
+///   the hot path's, while the hot path keeps running on other streams.
+pub trait StageEngine: Send + Sync {
+    fn name(&self) -> String;
+    /// Number of prefix K/V slots (at least 2: double-buffered).
+    fn prefix_slots(&self) -> usize;
+    /// Length of one action chunk (`chunk × action_dim`).
+    fn action_len(&self) -> usize;
+    fn upload_observation(
+        &self,
+        stream: &Arc<CudaStream>,
+        slot: usize,
+        input: &ModelInput,
+    ) -> Result<()>;
+    fn enqueue_encoder(&self, stream: &Arc<CudaStream>, slot: usize) -> Result<()>;
+    fn upload_decoder_inputs(
+        &self,
+        stream: &Arc<CudaStream>,
+        state: &[f32],
+        noise: &[f32],
+    ) -> Result<()>;
+    fn enqueue_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize) -> Result<()>;
+    /// Copies the actions out (synchronises `stream`).
+    fn download_actions(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>>;
+    /// Captures the encoder of `slot` as a graph on `stream` (bound to that stream's SMs).
+    fn capture_encoder(&self, stream: &Arc<CudaStream>, slot: usize) -> Result<StageGraph> {
+        capture(stream, || self.enqueue_encoder(stream, slot))
+    }
+    /// Captures the decoder reading `prefix_slot` as a graph on `stream`.
+    fn capture_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize) -> Result<StageGraph> {
+        capture(stream, || self.enqueue_decoder(stream, prefix_slot))
+    }
+}
+
+/// An instantiated graph of one stage, bound to the SMs of the stream it was captured on.
+pub struct StageGraph {
+    graph: CudaGraph,
+}
+
+// A CudaGraph is not internally synchronised; the pipeline launches each one under the mutex
+// of its stage, never from two threads at once.
+unsafe impl Send for StageGraph {}
+unsafe impl Sync for StageGraph {}
+
+impl StageGraph {
+    pub fn new(graph: CudaGraph) -> Self {
+        StageGraph { graph }
+    }
+    /// Launches on the stream it was captured on.
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| Error::Gpu(format!("graph launch: {e}")))
+    }
+    pub fn upload(&self) -> Result<()> {
+        self.graph
+            .upload()
+            .map_err(|e| Error::Gpu(format!("graph upload: {e}")))
+    }
+}
+
+/// Captures what `body` enqueues on `stream` into an instantiated graph.
+pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> Result<StageGraph> {
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(|e| Error::Gpu(format!("begin capture: {e}")))?;
+    let res = body();
+    let end = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    res?;
+    let g = end
+        .map_err(|e| Error::Gpu(format!("end capture: {e}")))?
+        .ok_or_else(|| Error::Gpu("captured an empty graph".into()))?;
+    let g = StageGraph::new(g);
+    g.upload()?;
+    Ok(g)
+}

@@ -1,0 +1,239 @@
+//! GPU tests of the partition layer on the synthetic stages. On a machine without a GPU each
+//! test prints why it is skipped and passes (libcuda is probed before cudarc touches it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cudarc::driver::CudaContext;
+use pi0_mps::partition::bench::{self, Workload};
+use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
+use pi0_mps::partition::{cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest};
+
+fn gpu() -> Option<Arc<CudaContext>> {
+    match cuda_available() {
+        Ok(()) => Some(CudaContext::new(0).expect("CUDA context")),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn small() -> SyntheticConfig {
+    SyntheticConfig {
+        enc_iters: 200,
+        dec_weight_bytes: 64 << 20,
+        ..Default::default()
+    }
+}
+
+fn workload(s: &SyntheticStages) -> Workload {
+    let mut inputs = Vec::new();
+    let mut noise = Vec::new();
+    for i in 0..4u64 {
+        let mut inp = s.observation(i + 7);
+        inp.state = pi0_mps::engine::gaussian_noise(50 + i, 1, s.cfg.action_dim);
+        inputs.push(inp);
+        noise.push(pi0_mps::engine::gaussian_noise(
+            500 + i,
+            s.cfg.chunk,
+            s.cfg.action_dim,
+        ));
+    }
+    Workload { inputs, noise }
+}
+
+fn req(e: u32, d: u32) -> SplitRequest {
+    SplitRequest::new(e, d).unwrap()
+}
+
+#[test]
+fn cuda_probe_never_panics() {
+    // On CI this is Err with a reason; on the GPU machine Ok. Either way: no panic.
+    match cuda_available() {
+        Ok(()) => eprintln!("GPU present"),
+        Err(why) => assert!(!why.is_empty()),
+    }
+}
+
+#[test]
+fn green_partitions_confine_eager_and_graph_launches() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = PartitionKernels::load(&ctx).unwrap();
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    let rows = bench::confinement(
+        &p,
+        &kernels,
+        &[
+            (Backend::Green, req(70, 30)),
+            (Backend::Green, req(50, 50)),
+            (Backend::Green, req(60, 60)),
+        ],
+    )
+    .unwrap();
+    println!("{}", bench::confinement_table(&rows));
+    for r in &rows {
+        assert!(r.ok(), "{r:?}");
+        assert!(r.encoder_sms < p.total_sms() && r.decoder_sms < p.total_sms());
+    }
+    // Disjoint complementary splits use every SM.
+    assert_eq!(rows[0].encoder_sms + rows[0].decoder_sms, p.total_sms());
+}
+
+#[test]
+fn invalid_split_is_refused_and_nothing_changes() {
+    let Some(ctx) = gpu() else { return };
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    p.set_split(70, 30).unwrap();
+    let before = p.partition();
+    assert!(p.set_split(0, 50).is_err());
+    assert!(p.set_split(70, 101).is_err());
+    let w = workload(p.engine());
+    assert!(p
+        .forward_mps(&w.inputs[0], &w.noise[0], 120, 30, true)
+        .is_err());
+    assert_eq!(p.partition(), before);
+}
+
+#[test]
+fn concurrent_equals_sequential_with_reconfigurations() {
+    let Some(ctx) = gpu() else { return };
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    let w = workload(p.engine());
+    let eq = bench::equivalence(
+        &p,
+        &w,
+        60,
+        10,
+        &[
+            (Backend::Green, req(70, 30)),
+            (Backend::None, req(100, 100)),
+            (Backend::Green, req(30, 70)),
+        ],
+    )
+    .unwrap();
+    println!("{eq:?}");
+    assert_eq!(eq.frames, 120);
+    assert!(eq.max_rel_err <= 1e-3, "{eq:?}");
+    // The synthetic stages use fixed-order reductions: results must be bitwise identical.
+    assert_eq!(eq.bitwise_equal, eq.frames, "{eq:?}");
+}
+
+#[test]
+fn pipelined_forward_uses_previous_prefix() {
+    let Some(ctx) = gpu() else { return };
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    let w = workload(p.engine());
+    let a = p
+        .forward_mps(&w.inputs[0], &w.noise[0], 70, 30, true)
+        .unwrap();
+    assert_eq!(
+        a.prefix_obs,
+        a.input_obs.unwrap(),
+        "first frame waits for its own prefix"
+    );
+    let b = p
+        .forward_mps(&w.inputs[1], &w.noise[1], 70, 30, true)
+        .unwrap();
+    assert_eq!(b.prefix_obs, a.input_obs.unwrap());
+    let c = p
+        .forward_mps(&w.inputs[2], &w.noise[2], 70, 30, false)
+        .unwrap();
+    assert_eq!(c.prefix_obs, c.input_obs.unwrap());
+    assert_eq!(
+        p.partition().encoder_sms + p.partition().decoder_sms,
+        p.total_sms()
+    );
+}
+
+#[test]
+fn reconfiguration_under_load_loses_no_frames() {
+    let Some(ctx) = gpu() else { return };
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    let w = workload(p.engine());
+    let splits = [
+        (Backend::Green, req(70, 30)),
+        (Backend::Green, req(50, 50)),
+        (Backend::Green, req(30, 70)),
+    ];
+    let r = bench::reconfig_under_load(&p, &w, 3.0, 6, Duration::from_millis(20), &splits).unwrap();
+    println!("{r:?}");
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.changes, 6);
+    assert!(r.dropped <= r.changes as u64, "{r:?}");
+    assert!(r.chunks > 50, "{r:?}");
+    assert!(
+        r.applied_decoder_ms.n == 6 && r.applied_encoder_ms.n == 6,
+        "{r:?}"
+    );
+}
+
+#[test]
+fn mps_backend_is_confined_or_explains_the_daemon() {
+    let Some(ctx) = gpu() else { return };
+    let kernels = PartitionKernels::load(&ctx).unwrap();
+    let p = PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(&ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap();
+    match p.reconfigure(Backend::Mps, req(70, 30), false, true) {
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("nvidia-cuda-mps-control -d"), "{m}");
+            eprintln!("no MPS daemon; the error says how to start one: {m}");
+            // Nothing changed.
+            assert_eq!(p.partition().backend, Backend::Green);
+        }
+        Ok(_) => {
+            let rows = bench::confinement(
+                &p,
+                &kernels,
+                &[(Backend::Mps, req(70, 30)), (Backend::Mps, req(25, 12))],
+            )
+            .unwrap();
+            println!("{}", bench::confinement_table(&rows));
+            assert_eq!((rows[0].encoder_sms, rows[0].decoder_sms), (92, 40));
+            for r in &rows {
+                assert!(r.ok(), "{r:?}");
+            }
+            // Memory of the primary context is used by both MPS contexts: results equal.
+            let w = workload(p.engine());
+            let eq = bench::equivalence(
+                &p,
+                &w,
+                30,
+                10,
+                &[(Backend::Mps, req(70, 30)), (Backend::Mps, req(40, 60))],
+            )
+            .unwrap();
+            assert_eq!(eq.bitwise_equal, eq.frames, "{eq:?}");
+        }
+    }
+}
