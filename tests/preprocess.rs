@@ -347,3 +347,321 @@ fn bad_images_are_refused_with_a_reason() {
     // Longer data than step × height is accepted (trailing bytes ignored).
     assert!(image_to_model_input(&img(8, 8, "rgb8", 24, 200), 224).is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// State normalization / action un-normalization (openpi transforms.Normalize / Unnormalize)
+// ---------------------------------------------------------------------------------------------
+
+mod normalization {
+    use pi0_mps::model::normalize::{find_norm_stats, NormMode, NormStats, Normalizer};
+    use rand::{Rng, SeedableRng};
+
+    fn stats_json(state: &str, actions: &str) -> String {
+        format!(r#"{{"norm_stats": {{"state": {state}, "actions": {actions}}}}}"#)
+    }
+
+    const S3: &str = r#"{"mean": [1.0, 2.0, 3.0], "std": [0.5, 2.0, 0.0],
+                        "q01": [-1.0, 0.0, 3.0], "q99": [1.0, 10.0, 3.0]}"#;
+
+    fn normalizer(mode: NormMode) -> Normalizer {
+        let stats = NormStats::from_json_str(&stats_json(S3, S3), "s.json").unwrap();
+        Normalizer::new(stats, mode).unwrap()
+    }
+
+    #[test]
+    fn zscore_by_hand() {
+        let n = normalizer(NormMode::ZScore);
+        let out = n.normalize_state(&[2.0f64, 0.0, 3.0], 5).unwrap();
+        // (x - mean) / (std + 1e-6); std 0 → divides by 1e-6 (x = mean gives 0); zero padding.
+        let expected = [
+            (1.0f64 / 0.500001) as f32,
+            (-2.0f64 / 2.000001) as f32,
+            0.0,
+            0.0,
+            0.0,
+        ];
+        assert_eq!(out, expected);
+        assert!((out[0] - 1.999996).abs() < 1e-6);
+        // f32 input takes the same path.
+        assert_eq!(n.normalize_state(&[2.0f32, 0.0, 3.0], 5).unwrap(), expected);
+        // Un-normalize: x * (std + 1e-6) + mean, first robot_dim columns of each row.
+        let actions = [1.0f32, -1.0, 2.0, 9.0, 9.0, 0.0, 0.5, 0.0, 9.0, 9.0];
+        let out = n.unnormalize_actions(&actions, 5, 3).unwrap();
+        let expected = [
+            (1.0 * 0.500001 + 1.0) as f32,
+            (-1.0 * 2.000001 + 2.0) as f32,
+            (2.0 * 0.000001 + 3.0) as f32,
+            1.0,
+            (0.5 * 2.000001 + 2.0) as f32,
+            3.0,
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn quantile_by_hand() {
+        let n = normalizer(NormMode::Quantile);
+        let out = n.normalize_state(&[0.0f64, 5.0], 4).unwrap();
+        // (x - q01) / (q99 - q01 + 1e-6) * 2 - 1
+        let e0 = (1.0f64 / 2.000001 * 2.0 - 1.0) as f32;
+        let e1 = (5.0f64 / 10.000001 * 2.0 - 1.0) as f32;
+        assert_eq!(out, [e0, e1, 0.0, 0.0]);
+        assert!(e0 < 0.0 && e0 > -1e-6);
+        // (x + 1) / 2 * (q99 - q01 + 1e-6) + q01
+        let out = n.unnormalize_actions(&[1.0, -1.0, 0.0, 7.0], 4, 3).unwrap();
+        let expected = [
+            (2.0f64 / 2.0 * 2.000001 - 1.0) as f32,
+            0.0,
+            (1.0f64 / 2.0 * 0.000001 + 3.0) as f32,
+        ];
+        assert_eq!(out, expected);
+    }
+
+    fn rel_l2(a: &[f32], reference: &[f64]) -> f64 {
+        assert_eq!(a.len(), reference.len());
+        let num: f64 = a
+            .iter()
+            .zip(reference)
+            .map(|(&x, &r)| (x as f64 - r).powi(2))
+            .sum();
+        let den: f64 = reference.iter().map(|r| r * r).sum();
+        let rel = (num / den).sqrt();
+        assert!(rel.is_finite());
+        rel
+    }
+
+    fn random_stats(rng: &mut impl Rng, n: usize) -> String {
+        let v = |rng: &mut dyn rand::RngCore, lo: f64, hi: f64| -> Vec<f64> {
+            (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+        };
+        let mean = v(rng, -2.0, 2.0);
+        let std = v(rng, 0.05, 3.0);
+        let q01 = v(rng, -4.0, -0.5);
+        let q99: Vec<f64> = q01.iter().map(|q| q + rng.gen_range(0.1..6.0)).collect();
+        serde_json::json!({"mean": mean, "std": std, "q01": q01, "q99": q99}).to_string()
+    }
+
+    #[test]
+    fn random_data_against_f64_formulas_and_round_trip() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for mode in [NormMode::ZScore, NormMode::Quantile] {
+            for (robot_dim, stats_dim) in [(14, 14), (8, 32), (7, 20)] {
+                let s = random_stats(&mut rng, stats_dim);
+                let a = random_stats(&mut rng, stats_dim);
+                let stats = NormStats::from_json_str(&stats_json(&s, &a), "r").unwrap();
+                let n = Normalizer::new(stats.clone(), mode).unwrap();
+                let state: Vec<f64> = (0..robot_dim).map(|_| rng.gen_range(-5.0..5.0)).collect();
+                let ours = n.normalize_state(&state, 32).unwrap();
+                let st = &stats.state;
+                let mut reference: Vec<f64> = state
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| match mode {
+                        NormMode::ZScore => (x - st.mean[i]) / (st.std[i] + 1e-6),
+                        NormMode::Quantile => {
+                            let (q01, q99) =
+                                (st.q01.as_ref().unwrap()[i], st.q99.as_ref().unwrap()[i]);
+                            (x - q01) / (q99 - q01 + 1e-6) * 2.0 - 1.0
+                        }
+                    })
+                    .collect();
+                reference.resize(32, 0.0);
+                assert!(rel_l2(&ours, &reference) < 1e-7, "{mode:?}");
+                assert!(ours[robot_dim..].iter().all(|&v| v == 0.0));
+
+                let chunk = 50;
+                let actions: Vec<f32> = (0..chunk * 32).map(|_| rng.gen_range(-1.5..1.5)).collect();
+                let ours = n.unnormalize_actions(&actions, 32, robot_dim).unwrap();
+                let at = &stats.actions;
+                let reference: Vec<f64> = (0..chunk)
+                    .flat_map(|r| (0..robot_dim).map(move |j| (r, j)))
+                    .map(|(r, j)| {
+                        let x = actions[r * 32 + j] as f64;
+                        match mode {
+                            NormMode::ZScore => x * (at.std[j] + 1e-6) + at.mean[j],
+                            NormMode::Quantile => {
+                                let (q01, q99) =
+                                    (at.q01.as_ref().unwrap()[j], at.q99.as_ref().unwrap()[j]);
+                                (x + 1.0) / 2.0 * (q99 - q01 + 1e-6) + q01
+                            }
+                        }
+                    })
+                    .collect();
+                assert!(rel_l2(&ours, &reference) < 1e-7, "{mode:?}");
+
+                // Round trip with the state stats used for actions too.
+                let same = NormStats::from_json_str(&stats_json(&s, &s), "r").unwrap();
+                let n = Normalizer::new(same, mode).unwrap();
+                let normalized = n.normalize_state(&state, 32).unwrap();
+                let back = n.unnormalize_actions(&normalized, 32, robot_dim).unwrap();
+                assert!(rel_l2(&back, &state) < 1e-6, "{mode:?} round trip");
+            }
+        }
+    }
+
+    #[test]
+    fn identity_pads_and_cuts() {
+        let n = Normalizer::identity();
+        assert!(n.is_identity());
+        assert_eq!(
+            n.normalize_state(&[1.5f64, -2.0], 4).unwrap(),
+            [1.5, -2.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            n.unnormalize_actions(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2)
+                .unwrap(),
+            [1.0, 2.0, 4.0, 5.0]
+        );
+    }
+
+    #[test]
+    fn file_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        // openpi: assets/<asset_id>/norm_stats.json
+        let assets = dir.path().join("assets").join("trossen");
+        std::fs::create_dir_all(&assets).unwrap();
+        // Without the "norm_stats" wrapper and with null quantiles (z-score needs none).
+        let bare = r#"{"state": {"mean": [1.0], "std": [2.0], "q01": null, "q99": null},
+                       "actions": {"mean": [0.0], "std": [1.0]}}"#;
+        std::fs::write(assets.join("norm_stats.json"), bare).unwrap();
+        assert_eq!(
+            find_norm_stats(dir.path()),
+            Some(assets.join("norm_stats.json"))
+        );
+        let n = Normalizer::load(dir.path(), NormMode::ZScore).unwrap();
+        assert_eq!(
+            n.normalize_state(&[3.0f64], 2).unwrap(),
+            [(2.0 / 2.000001f64) as f32, 0.0]
+        );
+        let e = Normalizer::load(dir.path(), NormMode::Quantile)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("quantile normalization needs `state.q01` and `state.q99`"),
+            "{e}"
+        );
+        // A second asset makes the choice ambiguous.
+        let other = dir.path().join("assets").join("aloha");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("norm_stats.json"), bare).unwrap();
+        assert_eq!(find_norm_stats(dir.path()), None);
+        let e = Normalizer::load(dir.path(), NormMode::ZScore)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no norm_stats.json"), "{e}");
+        // norm_stats.json directly in the directory wins.
+        std::fs::write(dir.path().join("norm_stats.json"), bare).unwrap();
+        assert!(Normalizer::load(dir.path(), NormMode::ZScore).is_ok());
+        let e = Normalizer::load(&dir.path().join("missing.json"), NormMode::ZScore)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("I/O error on") && e.contains("missing.json"),
+            "{e}"
+        );
+        assert_eq!("quantile".parse::<NormMode>().unwrap(), NormMode::Quantile);
+        assert_eq!("zscore".parse::<NormMode>().unwrap(), NormMode::ZScore);
+        let e = "minmax".parse::<NormMode>().unwrap_err().to_string();
+        assert!(e.contains("`minmax` is not a normalization mode"), "{e}");
+    }
+
+    #[test]
+    fn broken_stats_files_are_refused_with_a_reason() {
+        let ok = r#"{"mean": [0.0, 1.0], "std": [1.0, 1.0]}"#;
+        let cases = [
+            ("{".to_string(), "s.json: not valid JSON"),
+            ("[1, 2]".to_string(), "s.json: expected a JSON object"),
+            (
+                r#"{"norm_stats": {"actions": {"mean": [0.0], "std": [1.0]}, "foo": 1}}"#
+                    .to_string(),
+                "no `state` statistics (keys present: [\"actions\", \"foo\"])",
+            ),
+            (
+                format!(r#"{{"norm_stats": {{"state": {ok}}}}}"#),
+                "no `actions` statistics",
+            ),
+            (
+                stats_json(r#"{"mean": [0.0, 1.0], "std": [1.0]}"#, ok),
+                "`state.std` has 1 values but `state.mean` has 2",
+            ),
+            (
+                stats_json(
+                    ok,
+                    r#"{"mean": [0.0, 1.0], "std": [1.0, 1.0], "q01": [0.0], "q99": [1.0, 2.0]}"#,
+                ),
+                "`actions.q01` has 1 values but `actions.mean` has 2",
+            ),
+            (
+                stats_json(r#"{"mean": [0.0, "x"], "std": [1.0, 1.0]}"#, ok),
+                "`state.mean[1]` is not a number: \"x\"",
+            ),
+            (
+                stats_json(r#"{"mean": [[0.0], [1.0]], "std": [1.0, 1.0]}"#, ok),
+                "`state.mean[0]` is not a number: [0.0]",
+            ),
+            (stats_json(r#"{"std": [1.0]}"#, ok), "`state` has no `mean`"),
+            (
+                stats_json(ok, r#"{"mean": [1.0]}"#),
+                "`actions` has no `std`",
+            ),
+            (stats_json(ok, "[1.0]"), "`actions` is not an object"),
+            (
+                stats_json(r#"{"mean": [], "std": []}"#, ok),
+                "`state.mean` is empty",
+            ),
+        ];
+        for (json, expected) in cases {
+            let e = NormStats::from_json_str(&json, "s.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("normalization stats: s.json: "), "{e}");
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn bad_states_and_actions_are_refused_with_a_reason() {
+        let n = normalizer(NormMode::ZScore);
+        let err = |r: pi0_mps::Result<Vec<f32>>| r.unwrap_err().to_string();
+        let e = err(n.normalize_state(&[0.0f64, f64::NAN], 32));
+        assert_eq!(e, "state: state[1] is NaN (state must be finite)");
+        let e = err(n.normalize_state(&[f32::NEG_INFINITY], 32));
+        assert_eq!(e, "state: state[0] is -inf (state must be finite)");
+        let e = err(Normalizer::identity().normalize_state(&[0.0f64; 33], 32));
+        assert_eq!(
+            e,
+            "state: state has 33 values, more than the model's action_dim 32"
+        );
+        let e = err(n.normalize_state(&[0.0f64; 4], 32));
+        assert!(
+            e.contains("state has 4 values but the `state` statistics only 3"),
+            "{e}"
+        );
+        let e = err(n.unnormalize_actions(&[0.0; 10], 3, 2));
+        assert!(
+            e.contains("action chunk has 10 values, not a positive multiple of action_dim 3"),
+            "{e}"
+        );
+        let e = err(n.unnormalize_actions(&[], 3, 2));
+        assert!(e.contains("action chunk has 0 values"), "{e}");
+        let e = err(n.unnormalize_actions(&[0.0; 6], 3, 4));
+        assert!(
+            e.contains("robot action dimension 4 must be in 1..=3"),
+            "{e}"
+        );
+        let e = err(n.unnormalize_actions(&[0.0; 6], 3, 0));
+        assert!(
+            e.contains("robot action dimension 0 must be in 1..=3"),
+            "{e}"
+        );
+        let e = err(n.unnormalize_actions(&[0.0; 10], 5, 4));
+        assert!(
+            e.contains("robot action dimension 4 exceeds the 3 values of the `actions` statistics"),
+            "{e}"
+        );
+        let mut a = [0.0f32; 10];
+        a[7] = f32::NAN;
+        let e = err(n.unnormalize_actions(&a, 5, 3));
+        assert!(e.contains("model action [1, 2] is NaN"), "{e}");
+    }
+}
