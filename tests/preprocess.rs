@@ -389,7 +389,7 @@ mod normalization {
         let out = n.unnormalize_actions(&actions, 5, 3).unwrap();
         let expected = [
             (1.0 * 0.500001 + 1.0) as f32,
-            (-1.0 * 2.000001 + 2.0) as f32,
+            (2.0 - 2.000001) as f32,
             (2.0 * 0.000001 + 3.0) as f32,
             1.0,
             (0.5 * 2.000001 + 2.0) as f32,
