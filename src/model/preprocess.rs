@@ -1,7 +1,7 @@
 //! Camera frames → model input, as openpi prepares them:
 //!
 //! 1. ROS `sensor_msgs/Image` bytes (rgb8, bgr8, rgba8, bgra8, mono8; any size and row
-//!    stride) → RGB.
+//!    stride) → RGB (alpha dropped, gray replicated to three channels).
 //! 2. `openpi_client.image_tools.resize_with_pad(img, 224, 224)` (used by openpi's
 //!    `transforms.ResizeImages` and by its robot clients): a frame that already has the
 //!    target size passes through untouched; otherwise
