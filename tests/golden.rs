@@ -366,3 +366,58 @@ fn golden_masked_view_and_padding_do_not_change_output() {
         "changing a prompt token changed the output by only {rel}"
     );
 }
+
+/// Bad inputs to the engine's public steps are errors that say what is wrong.
+#[test]
+fn golden_cpu_engine_rejects_bad_inputs() {
+    let dir = tiny_dir();
+    let mut engine = CpuEngine::load(&dir).unwrap();
+    let g = read_golden(&dir);
+    let mut input = golden_input(&g);
+    input.images.truncate(1);
+    let noise = g["noise"].f32s();
+    let prefix = engine.encode_prefix(&input).unwrap();
+
+    let e = engine
+        .velocity(&prefix, &input.state[..31], &noise, 1.0)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("state has 31 values, expected 32"),
+        "{e}"
+    );
+    let e = engine
+        .velocity(&prefix, &input.state, &noise[..33], 1.0)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not a positive multiple of action_dim 32"),
+        "{e}"
+    );
+    let mut short = prefix.clone();
+    short.k[2].truncate(16);
+    let e = engine
+        .velocity(&short, &input.state, &noise, 1.0)
+        .unwrap_err();
+    assert!(e.to_string().contains("prefix cache"), "{e}");
+    let e = engine.embed_image(&[0.0; 10]).unwrap_err();
+    assert!(e.to_string().contains("image has 10 values"), "{e}");
+    let mut bad = input.clone();
+    bad.tokens.push(16_384);
+    let e = engine.sample_actions(&bad, &noise).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("token id 16384 outside the vocabulary"),
+        "{e}"
+    );
+    let mut bad = input.clone();
+    bad.images[0].as_mut().unwrap()[7] = f32::NAN;
+    let e = engine.sample_actions(&bad, &noise).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+
+    // Another chunk size runs (the noise decides it) and is finite.
+    let v = engine
+        .velocity(&prefix, &input.state, &noise[..5 * 32], 0.5)
+        .unwrap();
+    assert_eq!(v.len(), 5 * 32);
+    assert!(v.iter().all(|x| x.is_finite()));
+}

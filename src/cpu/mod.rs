@@ -188,6 +188,14 @@ impl CpuEngine {
                 c.depth
             )));
         }
+        let kv = c.kv_dim() * prefix.len;
+        if prefix.k.iter().chain(&prefix.v).any(|t| t.len() != kv) {
+            return Err(Error::Input(format!(
+                "prefix cache layers do not hold {} rows of {} K/V values",
+                prefix.len,
+                c.kv_dim()
+            )));
+        }
         let time_emb = pi0::time_embedding(
             t,
             self.cfg.time_embed_dim(),
