@@ -267,6 +267,13 @@ fn byte_fallback_tokenizer_is_deterministic() {
         [2, 217 + 104, 217 + 105, 108]
     );
     assert_eq!(warnings_containing("byte fallback tokenizer"), before + 1);
+    // A path that does not exist (a mistyped explicit tokenizer path) is an error.
+    let missing = dir.path().join("paligemma.json");
+    let e = load_tokenizer(&missing).err().unwrap().to_string();
+    assert!(
+        e.contains("paligemma.json: no such file or directory"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

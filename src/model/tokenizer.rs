@@ -943,10 +943,17 @@ pub fn tokenizer_path(checkpoint: &Path) -> PathBuf {
     checkpoint.join("tokenizer.json")
 }
 
-/// The prompt tokenizer for a checkpoint (see [`tokenizer_path`]). A malformed file is an
-/// error; a missing one gives the [`ByteTokenizer`] with a warning, so that a demo with random
-/// weights can run with a prompt.
+/// The prompt tokenizer for a checkpoint (see [`tokenizer_path`]). A malformed file, or a
+/// `checkpoint` path that does not exist at all (a mistyped explicit tokenizer path), is an
+/// error; a checkpoint without `tokenizer.json` gives the [`ByteTokenizer`] with a warning, so
+/// that a demo with random weights can run with a prompt.
 pub fn load_tokenizer(checkpoint: &Path) -> Result<Box<dyn PromptTokenizer>> {
+    if !checkpoint.exists() {
+        return Err(Error::Tokenizer(format!(
+            "{}: no such file or directory",
+            checkpoint.display()
+        )));
+    }
     let path = tokenizer_path(checkpoint);
     if path.is_file() {
         let tok = BpeTokenizer::from_file(&path)?;
