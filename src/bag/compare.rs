@@ -332,7 +332,8 @@ fn diff_chunk(
             } else {
                 err - tol
             };
-            if !(err <= tol) && worst_excess.is_none_or(|w| excess > w.0) {
+            let within = err <= tol;
+            if !within && worst_excess.is_none_or(|w| excess > w.0) {
                 worst_excess = Some((excess, p, j, x, y));
             }
         }

@@ -160,9 +160,8 @@ pub fn synthetic_joints(opts: &GenerateOptions, t_s: f64, stamp_ns: i64) -> Join
 /// Writes the bag folder `dir`; returns its metadata.
 pub fn generate_bag(dir: impl AsRef<Path>, opts: &GenerateOptions) -> Result<BagMetadata> {
     channels(&opts.encoding)?;
-    if !(opts.camera_hz > 0.0 && opts.camera_hz.is_finite())
-        || !(opts.joint_hz > 0.0 && opts.joint_hz.is_finite())
-    {
+    let rate_ok = |hz: f64| hz > 0.0 && hz.is_finite();
+    if !rate_ok(opts.camera_hz) || !rate_ok(opts.joint_hz) {
         return Err(Error::Bag("camera and joint rates must be positive".into()));
     }
     if opts.start_ns < 1_000_000_000 {

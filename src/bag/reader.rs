@@ -78,6 +78,9 @@ pub struct Bag {
 
 const REORDER_WINDOW: usize = 256;
 
+/// A message in the MCAP reorder window: (timestamp, arrival order, topic, payload), min first.
+type Windowed = std::cmp::Reverse<(i64, u64, usize, Vec<u8>)>;
+
 impl Bag {
     /// Opens a bag folder (with metadata.yaml) or one `.mcap` / `.db3` file. Checks that the
     /// storage is known, that the files exist and are of that storage, and collects the topics;
@@ -253,10 +256,13 @@ impl Bag {
         f: &mut dyn FnMut(BagMessage) -> Result<()>,
     ) -> Result<()> {
         let map = map_file(file)?;
-        let stream = mcap::MessageStream::new(&map).map_err(|e| mcap_error(file, e))?;
+        let stream = mcap::MessageStream::new_with_options(
+            &map,
+            mcap::read::Options::ValidateChunkCrcs.into(),
+        )
+        .map_err(|e| mcap_error(file, e))?;
         // Min-heap on (timestamp, arrival order).
-        let mut window: BinaryHeap<std::cmp::Reverse<(i64, u64, usize, Vec<u8>)>> =
-            BinaryHeap::new();
+        let mut window: BinaryHeap<Windowed> = BinaryHeap::new();
         let mut arrival = 0u64;
         for msg in stream {
             let msg = msg.map_err(|e| mcap_error(file, e))?;
@@ -341,6 +347,7 @@ fn mcap_error(file: &Path, e: mcap::McapError) -> Error {
         mcap::McapError::UnexpectedEof | mcap::McapError::UnexpectedEoc => {
             " (the file is truncated)"
         }
+        mcap::McapError::BadChunkCrc { .. } => " (the data is damaged)",
         _ => "",
     };
     Error::Bag(format!("{}: corrupt MCAP file: {e}{hint}", file.display()))
@@ -469,7 +476,10 @@ fn mcap_topics(file: &Path) -> Result<Vec<TopicInfo>> {
             }
         }
         Ok(None) | Err(_) => {
-            for msg in mcap::MessageStream::new(&map).map_err(|e| mcap_error(file, e))? {
+            let opts = mcap::read::Options::ValidateChunkCrcs.into();
+            let stream = mcap::MessageStream::new_with_options(&map, opts)
+                .map_err(|e| mcap_error(file, e))?;
+            for msg in stream {
                 add(&msg.map_err(|e| mcap_error(file, e))?.channel);
             }
         }

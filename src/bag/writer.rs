@@ -39,7 +39,7 @@ impl Default for WriterOptions {
 
 enum Backend {
     Mcap {
-        writer: mcap::Writer<BufWriter<std::fs::File>>,
+        writer: Box<mcap::Writer<BufWriter<std::fs::File>>>,
         channels: Vec<u16>,
         sequence: u32,
     },
@@ -128,7 +128,7 @@ impl BagWriter {
                     .create(BufWriter::new(f))
                     .map_err(|e| Error::Bag(format!("{}: {e}", path.display())))?;
                 Backend::Mcap {
-                    writer,
+                    writer: Box::new(writer),
                     channels: Vec::new(),
                     sequence: 0,
                 }
