@@ -121,8 +121,16 @@ struct AddedMatcher {
 impl AddedMatcher {
     fn insert(&mut self, content: &str, id: u32) {
         if let Some(c) = content.chars().next() {
-            let v = self.by_first.entry(c).or_default();
-            v.push((content.to_string(), id));
+            self.by_first
+                .entry(c)
+                .or_default()
+                .push((content.to_string(), id));
+        }
+    }
+
+    /// Longest first within each bucket (call once all tokens are in).
+    fn finish(&mut self) {
+        for v in self.by_first.values_mut() {
             v.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
         }
     }
@@ -210,8 +218,10 @@ impl BpeTokenizer {
 
     /// Parses the contents of a `tokenizer.json`; `source` names it in errors and logs.
     pub fn from_json_str(json: &str, source: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(json)
+        let mut root: Value = serde_json::from_str(json)
             .map_err(|e| tok_err(source, format!("not valid JSON: {e}")))?;
+        // The vocabulary is moved out (no copy of its 257k strings).
+        let vocab_val = root.pointer_mut("/model/vocab").map(Value::take);
         let model = root
             .get("model")
             .filter(|m| m.is_object())
@@ -234,17 +244,17 @@ impl BpeTokenizer {
         }
 
         // Vocabulary: model.vocab plus added tokens (which may lie outside it).
-        let vocab_obj = model
-            .get("vocab")
-            .and_then(Value::as_object)
-            .ok_or_else(|| tok_err(source, "model has no `vocab` object"))?;
+        let vocab_obj = match vocab_val {
+            Some(Value::Object(m)) => m,
+            _ => return Err(tok_err(source, "model has no `vocab` object")),
+        };
         let mut vocab = HashMap::with_capacity(vocab_obj.len());
         for (piece, id) in vocab_obj {
             let id = id
                 .as_u64()
                 .filter(|&i| i <= u32::MAX as u64)
                 .ok_or_else(|| tok_err(source, format!("vocab entry {piece:?} has id {id}")))?;
-            vocab.insert(piece.clone(), id as u32);
+            vocab.insert(piece, id as u32);
         }
         let mut raw_added = AddedMatcher::default();
         let mut normalized_added = AddedMatcher::default();
@@ -281,6 +291,8 @@ impl BpeTokenizer {
                 }
             }
         }
+        raw_added.finish();
+        normalized_added.finish();
         let lookup = |s: &str| vocab.get(s).or_else(|| added_ids.get(s)).copied();
 
         // Merges: "a b" strings (older files) or ["a", "b"] pairs (newer files).
@@ -293,26 +305,29 @@ impl BpeTokenizer {
             .and_then(Value::as_str)
             .map(str::to_string);
         let mut merges = HashMap::with_capacity(merges_val.len());
+        let mut joined = String::new();
         for (rank, m) in merges_val.iter().enumerate() {
             let (a, b) = match m {
                 Value::String(s) => s
                     .split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
                     .ok_or_else(|| tok_err(source, format!("merge {rank} {s:?} is not \"a b\"")))?,
                 Value::Array(p) if p.len() == 2 => match (p[0].as_str(), p[1].as_str()) {
-                    (Some(a), Some(b)) => (a.to_string(), b.to_string()),
+                    (Some(a), Some(b)) => (a, b),
                     _ => return Err(tok_err(source, format!("merge {rank} is not two strings"))),
                 },
                 _ => return Err(tok_err(source, format!("merge {rank} is malformed: {m}"))),
             };
-            let ia = vocab.get(&a).copied();
-            let ib = vocab.get(&b).copied();
+            let ia = vocab.get(a).copied();
+            let ib = vocab.get(b).copied();
             // `tokenizers` drops the continuing-subword prefix of `b` in the merged piece.
             let b_tail = match &prefix {
-                Some(p) => b.strip_prefix(p.as_str()).unwrap_or(&b),
-                None => &b,
+                Some(p) => b.strip_prefix(p.as_str()).unwrap_or(b),
+                None => b,
             };
-            let iab = vocab.get(&format!("{a}{b_tail}")).copied();
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b_tail);
+            let iab = vocab.get(joined.as_str()).copied();
             match (ia, ib, iab) {
                 (Some(ia), Some(ib), Some(iab)) => {
                     // The first (lowest-rank) occurrence of a pair wins, as in `tokenizers`.
