@@ -401,3 +401,82 @@ fn metaspace_and_prepend_tokenizers() {
     assert_eq!(t.encode("a ab"), [6, 5, 9]);
     assert_eq!(t.encode("a ac"), [6, 11, 8]);
 }
+
+/// Random vocabularies and merges against a plain BPE: repeatedly merge the adjacent pair of
+/// lowest rank, leftmost first.
+#[test]
+fn random_merges_match_a_plain_bpe() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let chars: Vec<String> = ["a", "b", "c", "d", "▁", "é"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for round in 0..5 {
+        let mut vocab: Vec<String> = vec!["<pad>", "<eos>", "<bos>", "<unk>", "\n"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        vocab.extend(chars.iter().cloned());
+        let mut merges: Vec<(String, String)> = Vec::new();
+        while merges.len() < 150 {
+            let a = vocab[rng.gen_range(5..vocab.len())].clone();
+            let b = vocab[rng.gen_range(5..vocab.len())].clone();
+            let ab = format!("{a}{b}");
+            if ab.chars().count() > 6 || merges.iter().any(|m| m.0 == a && m.1 == b) {
+                continue;
+            }
+            if !vocab.contains(&ab) {
+                vocab.push(ab);
+            }
+            // Some merged pieces get a second, later-ranked way to be built.
+            merges.push((a, b));
+        }
+        let id: HashMap<&str, u32> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str(), i as u32))
+            .collect();
+        let json = serde_json::json!({
+            "added_tokens": [{"id": 2, "content": "<bos>", "special": true}],
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            "model": {"type": "BPE", "vocab": id, "merges": merges.iter().map(|(a, b)| serde_json::json!([a, b])).collect::<Vec<_>>()}
+        });
+        let tok = BpeTokenizer::from_json_str(&json.to_string(), "random").unwrap();
+        let rank: HashMap<(u32, u32), (usize, u32)> = merges
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(r, (a, b))| {
+                (
+                    (id[a.as_str()], id[b.as_str()]),
+                    (r, id[format!("{a}{b}").as_str()]),
+                )
+            })
+            .collect();
+        for _ in 0..300 {
+            let len = rng.gen_range(0..40);
+            let text: String = (0..len)
+                .map(|_| ["a", "b", "c", "d", " ", "é"][rng.gen_range(0..6)])
+                .collect();
+            let mut syms: Vec<u32> = text
+                .replace(' ', "▁")
+                .chars()
+                .map(|c| id[c.to_string().as_str()])
+                .collect();
+            loop {
+                let best = (0..syms.len().saturating_sub(1))
+                    .filter_map(|i| {
+                        rank.get(&(syms[i], syms[i + 1]))
+                            .map(|&(r, new)| (r, i, new))
+                    })
+                    .min();
+                let Some((_, i, new)) = best else { break };
+                syms[i] = new;
+                syms.remove(i + 1);
+            }
+            assert_eq!(tok.encode(&text), syms, "round {round}, text {text:?}");
+        }
+    }
+}
