@@ -116,7 +116,7 @@ pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
     };
     let mut config = ModelConfig::from_checkpoint_dir(&dir)?;
-    config.vocab_size = checkpoint.embedding_rows()?;
+    config.vocab_size = checkpoint.embedding_rows(config.llm.width)?;
     checkpoint.validate(&config)?;
     Ok(LoadedCheckpoint { config, checkpoint })
 }
@@ -317,19 +317,23 @@ impl Checkpoint {
         self.resolve(name).map(|(_, e)| e.shape.as_slice())
     }
 
-    /// Rows of the token embedding (the vocabulary actually stored).
-    pub fn embedding_rows(&self) -> Result<usize> {
+    /// Rows of the token embedding (the vocabulary actually stored); `width` is the LLM width.
+    pub fn embedding_rows(&self, width: usize) -> Result<usize> {
         match self.shape(keys::EMBED_TOKENS) {
-            Some([rows, _]) => Ok(*rows),
+            Some([rows, w]) if *w == width => Ok(*rows),
             Some(other) => Err(Error::TensorShape {
                 name: keys::EMBED_TOKENS.into(),
-                expected: vec![0, 0],
+                expected: vec![other.first().copied().unwrap_or(0), width],
                 found: other.to_vec(),
             }),
-            None => Err(Error::MissingTensor {
-                name: format!("{} (or the tied {})", keys::EMBED_TOKENS, keys::LM_HEAD),
-                expected: vec![],
-            }),
+            None => Err(Error::checkpoint(
+                &self.path,
+                format!(
+                    "missing tensor `{}` (or the tied `{}`), expected shape [vocab_size, {width}]",
+                    keys::EMBED_TOKENS,
+                    keys::LM_HEAD
+                ),
+            )),
         }
     }
 
