@@ -9,10 +9,14 @@
 //!   prompt → tokens, engine, un-normalised [`ActionChunk`] with timing. Noise for inference
 //!   `k` is `engine::gaussian_noise(seed + k, chunk, action_dim)`.
 //!
+//! - [`scheduler`]: the node's work loop (sequential / concurrent, two worker threads,
+//!   live settings, orderly shutdown) over tokio channels.
+//!
 //! A replay loop is: for each message in time order, `prepare_image` / `JointMap::extract`,
 //! `ObservationSync::push_*`, then `poll(message_time)` and `PolicyRunner::infer(obs, prompt, k)`.
 
 pub mod runner;
+pub mod scheduler;
 pub mod settings;
 pub mod sync;
 

@@ -536,7 +536,9 @@ pub fn builtin_checkpoint(model_cache: &str) -> Result<PathBuf> {
         return Ok(dir);
     }
     std::fs::create_dir_all(&base).map_err(|e| Error::io(&base, e))?;
-    let tmp = base.join(format!(".tmp-{}-{}", std::process::id(), BUILTIN_SEED));
+    static WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = base.join(format!(".tmp-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     log::info!(
         "writing the built-in random checkpoint to {}",

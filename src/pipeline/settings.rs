@@ -802,4 +802,44 @@ mod tests {
         s.seed = 40;
         assert_eq!(s.noise_seed(2), 42);
     }
+
+    /// config/pi0.yaml (shipped with the package) lists every parameter with its default.
+    #[test]
+    fn shipped_params_file_has_every_parameter_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pi0.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let params = doc["/**"]["ros__parameters"]
+            .as_mapping()
+            .expect("/**: ros__parameters: mapping");
+        let d = NodeSettings::default();
+        for p in PARAMS {
+            let v = params
+                .get(p.name)
+                .unwrap_or_else(|| panic!("config/pi0.yaml lacks {}", p.name));
+            let v = match v {
+                serde_yaml::Value::Bool(b) => ParamValue::Bool(*b),
+                serde_yaml::Value::Number(n) if n.is_i64() => {
+                    ParamValue::Integer(n.as_i64().unwrap())
+                }
+                serde_yaml::Value::Number(n) => ParamValue::Double(n.as_f64().unwrap()),
+                serde_yaml::Value::String(s) => ParamValue::String(s.clone()),
+                serde_yaml::Value::Sequence(xs) if xs.iter().all(|x| x.is_i64()) => {
+                    ParamValue::IntegerArray(xs.iter().map(|x| x.as_i64().unwrap()).collect())
+                }
+                serde_yaml::Value::Sequence(xs) => ParamValue::StringArray(
+                    xs.iter()
+                        .map(|x| x.as_str().expect("string list").to_string())
+                        .collect(),
+                ),
+                other => panic!("{}: unexpected YAML {other:?}", p.name),
+            };
+            assert_eq!(Some(v), d.get(p.name), "{} in config/pi0.yaml", p.name);
+        }
+        assert_eq!(
+            params.len(),
+            PARAMS.len(),
+            "config/pi0.yaml has extra entries"
+        );
+    }
 }

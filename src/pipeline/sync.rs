@@ -10,8 +10,9 @@
 //!   `wait` mode it is always camera 0. Its newest frame, if not used yet, anchors the next
 //!   observation; the observation's stamp is the anchor's stamp.
 //! - Every other camera contributes its frame closest to the anchor, if within `slop`. While
-//!   a camera's newest frame is older than the anchor and `now < anchor + slop`, a closer
-//!   frame may still come, so the observation waits (grace period).
+//!   a camera's newest frame is older than the anchor and `now` is less than `slop` past the
+//!   anchor's stamp (or its reception, if later), a closer frame may still come, so the
+//!   observation waits (grace period).
 //! - A camera with no frame within `slop`: `mask` → its view is masked (`None`);
 //!   `wait` → the observation is held until the frame comes or the anchor is too old.
 //! - The joint state is the one closest in time to the anchor (among fresh ones); with none,
@@ -35,6 +36,8 @@ pub fn secs_to_stamp(s: f64) -> Stamp {
 #[derive(Debug)]
 pub struct Frame<I> {
     pub stamp: Stamp,
+    /// When it reached the sync (same clock as `now`; = `stamp` via [`ObservationSync::push_frame`]).
+    pub received: Stamp,
     pub image: Arc<I>,
 }
 
@@ -42,6 +45,7 @@ impl<I> Clone for Frame<I> {
     fn clone(&self) -> Self {
         Frame {
             stamp: self.stamp,
+            received: self.received,
             image: Arc::clone(&self.image),
         }
     }
@@ -147,11 +151,31 @@ impl<I> ObservationSync<I> {
     /// Adds a frame from camera `camera` (index into `camera_topics`). Frames may arrive out
     /// of order; they are kept sorted by stamp.
     pub fn push_frame(&mut self, camera: usize, stamp: Stamp, image: Arc<I>) {
+        self.push_frame_received(camera, stamp, stamp, image)
+    }
+
+    /// Like [`Self::push_frame`], with the time the frame was received (`now` then): the
+    /// grace period for the other cameras runs from the later of stamp and reception, so
+    /// transport and pre-processing delays do not mask a camera.
+    pub fn push_frame_received(
+        &mut self,
+        camera: usize,
+        stamp: Stamp,
+        received: Stamp,
+        image: Arc<I>,
+    ) {
         let Some(q) = self.cameras.get_mut(camera) else {
             return;
         };
         let pos = q.partition_point(|f| f.stamp <= stamp);
-        q.insert(pos, Frame { stamp, image });
+        q.insert(
+            pos,
+            Frame {
+                stamp,
+                received,
+                image,
+            },
+        );
         while q.len() > FRAMES_KEPT {
             q.pop_front();
         }
@@ -249,7 +273,8 @@ impl<I> ObservationSync<I> {
                 .filter(|f| f.stamp.abs_diff(t) <= self.cfg.slop as u64);
             let newest_older = q.back().is_none_or(|f| f.stamp < t);
             let exact = best.is_some_and(|f| f.stamp == t);
-            if !exact && newest_older && now < t.saturating_add(self.cfg.slop) {
+            let grace_from = t.max(anchor.received);
+            if !exact && newest_older && now < grace_from.saturating_add(self.cfg.slop) {
                 return Err(Pending::Grace(c));
             }
             match (best, self.cfg.missing) {
@@ -402,5 +427,18 @@ mod tests {
         s.push_frame(0, 5, Arc::new(1));
         s.push_joints(js(5, 0.0));
         assert!(s.poll(1_000_000 * MS).is_some());
+    }
+
+    #[test]
+    fn grace_runs_from_reception_when_later_than_the_stamp() {
+        let mut s = ObservationSync::new(cfg(2, MissingPolicy::Mask));
+        let t0 = 1_000 * MS;
+        s.push_joints(js(t0, 0.0));
+        // Received 300 ms after its stamp (slow transport): camera 1 still gets its grace.
+        s.push_frame_received(0, t0, t0 + 300 * MS, Arc::new(1));
+        assert!(s.poll(t0 + 310 * MS).is_none());
+        assert_eq!(s.pending, Some(Pending::Grace(1)));
+        s.push_frame_received(1, t0, t0 + 315 * MS, Arc::new(2));
+        assert_eq!(ids(&s.poll(t0 + 316 * MS).unwrap()), vec![Some(1), Some(2)]);
     }
 }

@@ -1,0 +1,234 @@
+//! The node's ROS-free pipeline on the built-in random tiny model (CPU engine): the runner's
+//! stages, and the scheduler in sequential and concurrent mode, against direct runner calls.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pi0_mps::pipeline::runner::{builtin_checkpoint, OwnedImage};
+use pi0_mps::pipeline::scheduler::{self, Input, Output};
+use pi0_mps::pipeline::settings::{BackendChoice, NodeSettings};
+use pi0_mps::pipeline::{JointSample, PolicyRunner};
+use rand::{Rng, SeedableRng};
+
+fn cache() -> &'static str {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_str()
+        .unwrap()
+}
+
+fn settings() -> NodeSettings {
+    NodeSettings {
+        camera_topics: vec!["a".into(), "b".into()],
+        camera_slots: vec![0, 1],
+        backend: BackendChoice::Cpu,
+        model_cache: cache().into(),
+        chunk: 6,
+        seed: 11,
+        max_age_s: 0.0,
+        ..NodeSettings::default()
+    }
+}
+
+fn image(seed: u64, w: usize, h: usize, encoding: &str) -> OwnedImage {
+    let ch = match encoding {
+        "mono8" => 1,
+        "rgba8" | "bgra8" => 4,
+        _ => 3,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    OwnedImage {
+        width: w,
+        height: h,
+        encoding: encoding.into(),
+        step: w * ch,
+        data: (0..w * h * ch).map(|_| rng.gen()).collect(),
+    }
+}
+
+fn names() -> Vec<String> {
+    (1..=7).map(|i| format!("joint{i}")).collect()
+}
+
+fn runner() -> Arc<PolicyRunner> {
+    static R: OnceLock<Arc<PolicyRunner>> = OnceLock::new();
+    R.get_or_init(|| Arc::new(PolicyRunner::from_settings(&settings()).unwrap()))
+        .clone()
+}
+
+fn rel_l2(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn builtin_checkpoint_is_cached_and_random_weights_are_flagged() {
+    let a = builtin_checkpoint(cache()).unwrap();
+    let b = builtin_checkpoint(cache()).unwrap();
+    assert_eq!(a, b);
+    assert!(a.join(".complete").is_file());
+    let r = runner();
+    assert!(r.info().random_weights);
+    assert_eq!(r.chunk(), 6);
+}
+
+#[test]
+fn stages_compose_and_seeds_are_per_index() {
+    let r = runner();
+    let (i0, i1) = (image(1, 64, 48, "rgb8"), image(2, 30, 50, "bgra8"));
+    let raws = [Some(i0.as_raw()), Some(i1.as_raw())];
+    let pos = [0.1, -0.2, 0.3, 0.0, 0.5, 0.6, -0.7];
+    let c0 = r.infer_raw(&raws, &names(), &pos, "pick", 5, 0).unwrap();
+    assert_eq!(c0.points.len(), 6);
+    assert_eq!(c0.points[0].len(), 7);
+    assert_eq!(c0.seed, 11);
+    assert!(c0.points.iter().flatten().all(|x| x.is_finite()));
+    // Same inputs, same index: identical; other index: other noise, other actions.
+    let again = r.infer_raw(&raws, &names(), &pos, "pick", 5, 0).unwrap();
+    assert_eq!(again.points, c0.points);
+    let c1 = r.infer_raw(&raws, &names(), &pos, "pick", 5, 1).unwrap();
+    assert_eq!(c1.seed, 12);
+    assert!(rel_l2(&c1.points, &c0.points) > 1e-3);
+    // Encoder and decoder separately = the whole.
+    let v0 = r.prepare_image(&i0.as_raw()).unwrap();
+    let v1 = r.prepare_image(&i1.as_raw()).unwrap();
+    let prefix = r.encode(&[Some(&v0), Some(&v1)], "pick", 5).unwrap();
+    let d = r.decode(&prefix, &pos, 5, 0).unwrap();
+    assert_eq!(d.points, c0.points);
+    // The prompt matters.
+    let other = r.infer_raw(&raws, &names(), &pos, "place", 5, 0).unwrap();
+    assert!(rel_l2(&other.points, &c0.points) > 1e-4);
+    // A masked view is fine; all masked is an error; bad inputs are errors.
+    let m = r
+        .infer_raw(&[Some(i0.as_raw()), None], &names(), &pos, "pick", 5, 0)
+        .unwrap();
+    assert_eq!(m.masked_slots, vec![1]);
+    assert!(r
+        .infer_raw(&[None, None], &names(), &pos, "pick", 5, 0)
+        .is_err());
+    let mut bad = image(3, 8, 8, "rgb8");
+    bad.encoding = "yuv422".into();
+    assert!(r.prepare_image(&bad.as_raw()).is_err());
+    bad.encoding = "rgb8".into();
+    bad.data.truncate(10);
+    assert!(r.prepare_image(&bad.as_raw()).is_err());
+    let mut nan = pos;
+    nan[2] = f64::NAN;
+    assert!(r.infer_raw(&raws, &names(), &nan, "pick", 5, 0).is_err());
+}
+
+async fn next_chunk(
+    out: &mut tokio::sync::mpsc::Receiver<Output>,
+) -> pi0_mps::pipeline::ActionChunk {
+    match tokio::time::timeout(Duration::from_secs(120), out.recv()).await {
+        Ok(Some(Output::Chunk(c))) => c,
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+}
+
+/// The scheduler's clock; stamps are a little older (within the sync slop, as live data).
+const NOW: i64 = 1_000_000_000;
+const T: i64 = NOW - 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_sequential_and_concurrent_match_the_runner() {
+    let r = runner();
+    let s = settings();
+    let (i0, i1) = (image(4, 64, 48, "rgb8"), image(5, 64, 48, "mono8"));
+    let (v0, v1) = (
+        Arc::new(r.prepare_image(&i0.as_raw()).unwrap()),
+        Arc::new(r.prepare_image(&i1.as_raw()).unwrap()),
+    );
+    let pos = vec![0.2; 7];
+    let (tx, mut out, task) = scheduler::spawn(r.clone(), s.clone(), || NOW);
+    tx.send(Input::Joints(JointSample {
+        stamp: T + 100,
+        positions: pos.clone(),
+    }))
+    .await
+    .unwrap();
+    tx.send(Input::Frame {
+        camera: 0,
+        stamp: T + 100,
+        image: v0.clone(),
+    })
+    .await
+    .unwrap();
+    tx.send(Input::Frame {
+        camera: 1,
+        stamp: T + 100,
+        image: v1.clone(),
+    })
+    .await
+    .unwrap();
+    let c = next_chunk(&mut out).await;
+    assert_eq!((c.stamp, c.index), (T + 100, 0));
+    let raws = [Some(i0.as_raw()), Some(i1.as_raw())];
+    let want = r
+        .infer_raw(&raws, &names(), &pos, &s.prompt, T + 100, 0)
+        .unwrap();
+    assert_eq!(c.points, want.points);
+    assert!(c.timing.end_to_end_ms >= c.timing.decoder_ms);
+
+    // Live switch to concurrent: the encoder runs on the frames, the decoder on each new
+    // joint state (index 1, 2), against the same prefix.
+    let mut live = s.clone();
+    live.concurrent = true;
+    live.prompt = "stack the cups".into();
+    tx.send(Input::Settings(Box::new(live.clone())))
+        .await
+        .unwrap();
+    for cam in 0..2 {
+        tx.send(Input::Frame {
+            camera: cam,
+            stamp: T + 200,
+            image: if cam == 0 { v0.clone() } else { v1.clone() },
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pos2 = vec![-0.1; 7];
+    tx.send(Input::Joints(JointSample {
+        stamp: T + 250,
+        positions: pos2.clone(),
+    }))
+    .await
+    .unwrap();
+    let c = next_chunk(&mut out).await;
+    assert_eq!((c.stamp, c.image_stamp, c.index), (T + 250, T + 200, 1));
+    let want = r
+        .infer_raw(&raws, &names(), &pos2, "stack the cups", T + 250, 1)
+        .unwrap();
+    assert_eq!(c.points, want.points);
+    tx.send(Input::Joints(JointSample {
+        stamp: T + 260,
+        positions: pos.clone(),
+    }))
+    .await
+    .unwrap();
+    let c = next_chunk(&mut out).await;
+    assert_eq!((c.stamp, c.index), (T + 260, 2));
+    let want = r
+        .infer_raw(&raws, &names(), &pos, "stack the cups", T + 260, 2)
+        .unwrap();
+    assert_eq!(c.points, want.points);
+
+    // Shutdown with work in flight: the task ends (chunk delivered or dropped), no hang.
+    tx.send(Input::Joints(JointSample {
+        stamp: T + 270,
+        positions: pos,
+    }))
+    .await
+    .unwrap();
+    tx.send(Input::Shutdown).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("scheduler stops")
+        .unwrap();
+}
