@@ -406,7 +406,7 @@ fn bad_replay_inputs() {
     assert!(e.contains("on `/camera/image_raw`"), "{e}");
     assert!(e.contains("yuv422"), "{e}");
 
-    // CompressedImage camera topics are refused with a reason.
+    // A CompressedImage whose data is not the PNG it claims to be.
     let ci = d.path().join("ci");
     let mut w = BagWriter::create(&ci, WriterOptions::default()).unwrap();
     let cam = w
@@ -429,7 +429,7 @@ fn bad_replay_inputs() {
     let e = offline_fails(&ci, &d.path().join("o10"), &[]);
     assert!(e.contains("message 2 on `/camera/image_raw`"), "{e}");
     assert!(
-        e.contains("CompressedImage (format `png`) is not supported"),
+        e.contains("sensor_msgs/CompressedImage format `png`: corrupt PNG data"),
         "{e}"
     );
 }

@@ -17,6 +17,7 @@
 
 pub mod cdr;
 pub mod compare;
+pub mod compressed;
 pub mod generate;
 pub mod metadata;
 pub mod msgs;

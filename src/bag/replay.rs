@@ -315,13 +315,7 @@ pub fn replay_offline(
                 Some(Role::Camera(c)) => {
                     let img = match SensorMsg::decode(&topic.type_name, &m.data)? {
                         SensorMsg::Image(i) => i,
-                        SensorMsg::CompressedImage(ci) => {
-                            return Err(Error::Image(format!(
-                                "sensor_msgs/CompressedImage (format `{}`) is not supported: \
-                                 replay needs raw sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8)",
-                                ci.format
-                            )))
-                        }
+                        SensorMsg::CompressedImage(ci) => super::compressed::decompress(&ci)?,
                         SensorMsg::JointState(_) => unreachable!("type checked above"),
                     };
                     let raw = RawImage {
