@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use pi0_mps::engine::ModelInput;
 use pi0_mps::partition::bench::{self, Workload};
 use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
-use pi0_mps::partition::{cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest};
+use pi0_mps::partition::{
+    cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest, StageEngine,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +50,10 @@ struct Args {
     /// Synthetic decoder weight MiB streamed per step.
     #[arg(long, default_value_t = 512)]
     dec_weight_mib: usize,
+    /// Engine: synthetic (the layer's own load kernels) or pi0 (the real engine, random
+    /// full-size weights: 2 views, prompt 20, chunk 50).
+    #[arg(long, default_value = "synthetic")]
+    engine: String,
     /// Write JSON results and tables here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -74,28 +81,117 @@ fn write(args: &Args, name: &str, text: &str) {
 
 fn run(args: &Args) -> pi0_mps::Result<()> {
     let backend: Backend = args.backend.parse()?;
-    let ctx =
-        cudarc::driver::CudaContext::new(0).map_err(|e| pi0_mps::Error::Gpu(e.to_string()))?;
-    let cfg = SyntheticConfig {
-        enc_iters: args.enc_iters,
-        dec_weight_bytes: args.dec_weight_mib << 20,
-        ..Default::default()
-    };
-    let stages = SyntheticStages::new(&ctx, cfg.clone())?;
-    let work = workload(&stages, 8);
+    match args.engine.as_str() {
+        "synthetic" => {
+            let ctx = cudarc::driver::CudaContext::new(0)
+                .map_err(|e| pi0_mps::Error::Gpu(e.to_string()))?;
+            let cfg = SyntheticConfig {
+                enc_iters: args.enc_iters,
+                dec_weight_bytes: args.dec_weight_mib << 20,
+                ..Default::default()
+            };
+            let stages = SyntheticStages::new(&ctx, cfg.clone())?;
+            let work = workload(&stages, 8);
+            println!("engine: synthetic stages {cfg:?}");
+            let p = PartitionedPi0::new(
+                ctx.clone(),
+                stages,
+                PipelineOptions {
+                    backend: Backend::None,
+                    ..Default::default()
+                },
+            )?;
+            run_all(args, backend, &p, &work, None)
+        }
+        "pi0" => {
+            use pi0_mps::gpu::{GpuOptions, Pi0Cuda};
+            use pi0_mps::model::config::ModelConfig;
+            let t = std::time::Instant::now();
+            let cfg = ModelConfig::pi0();
+            let opts = GpuOptions {
+                max_views: 2,
+                max_prompt_len: 20,
+                max_chunk: 50,
+                prefix_slots: 2,
+                decoder_slots: 1,
+                ..Default::default()
+            };
+            let mut eng = Pi0Cuda::random(&cfg, 1, opts)?;
+            println!(
+                "engine: pi0 random full-size weights on {} ready in {:.1} s",
+                eng.device_name(),
+                t.elapsed().as_secs_f64()
+            );
+            let work = pi0_workload(&cfg, 8);
+            // The engine's own forward (graphs, one stream, whole GPU): "forward sequential".
+            for i in 0..5 {
+                eng.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
+            }
+            let mut lat = Vec::new();
+            for i in 0..args.iterations {
+                let t0 = std::time::Instant::now();
+                eng.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
+                lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let (mut e, mut d) = (Vec::new(), Vec::new());
+            for i in 0..20 {
+                let (_, st) = eng.forward_timed(&work.inputs[i % 8], &work.noise[i % 8])?;
+                e.push(st.encoder_ms as f64);
+                d.push(st.decoder_ms as f64);
+            }
+            let l = bench::Summary::of(&lat);
+            let native = bench::ConfigResult {
+                name: "forward sequential".into(),
+                backend: Backend::None,
+                request: SplitRequest::whole(),
+                encoder_sms: 132,
+                decoder_sms: 132,
+                concurrent: false,
+                latency: l,
+                frame_period_ms: l.mean,
+                obs_to_action: None,
+                encoder_solo: bench::Summary::of(&e),
+                decoder_solo: bench::Summary::of(&d),
+                decoder_loaded: None,
+            };
+            println!("native forward: p50 {:.3} ms p99 {:.3} ms (encoder {:.3} ms, decoder {:.3} ms GPU time)", l.p50, l.p99, native.encoder_solo.p50, native.decoder_solo.p50);
+            let ctx = eng.context().clone();
+            let stages = pi0_mps::partition::pi0::Pi0Stages::new(eng, 50);
+            let p = PartitionedPi0::new(
+                ctx,
+                stages,
+                PipelineOptions {
+                    backend: Backend::None,
+                    ..Default::default()
+                },
+            )?;
+            run_all(args, backend, &p, &work, Some(native))
+        }
+        other => Err(pi0_mps::Error::Parameter {
+            name: "engine".into(),
+            reason: format!("`{other}`: use synthetic or pi0"),
+        }),
+    }
+}
+
+fn run_all<E: StageEngine + 'static>(
+    args: &Args,
+    backend: Backend,
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    native: Option<bench::ConfigResult>,
+) -> pi0_mps::Result<()> {
+    let ctx = p.context().clone();
     let kernels = PartitionKernels::load(&ctx)?;
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        stages,
-        PipelineOptions {
-            backend: Backend::None,
-            ..Default::default()
-        },
-    )?;
+    let p = p;
+    let work = work;
     let layout = pi0_mps::partition::pipeline::device_layout(&ctx)?;
     println!(
-        "device: {} SMs, green-context granularity {} (synthetic stages: {cfg:?})",
-        layout.total, layout.granularity
+        "device: {} SMs, green contexts: {} groups of {} + {} left over",
+        layout.total,
+        layout.groups,
+        layout.granularity,
+        layout.remainder()
     );
     let mut summary = String::new();
     let req = |e, d| SplitRequest::new(e, d).unwrap();
@@ -120,7 +216,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                 (Backend::None, req(100, 100)),
             ],
         };
-        let rows = bench::confinement(&p, &kernels, &splits)?;
+        let rows = bench::confinement(p, &kernels, &splits)?;
         let t = bench::confinement_table(&rows);
         println!("\n## confinement (%smid probe, 528 blocks)\n{t}");
         write(args, &format!("confinement-{backend}.md"), &t);
@@ -147,7 +243,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                 (Backend::Green, req(60, 60)),
             ],
         };
-        let eq = bench::equivalence(&p, &work, args.equivalence, 20, &splits)?;
+        let eq = bench::equivalence(p, work, args.equivalence, 20, &splits)?;
         let line = format!(
             "equivalence ({backend}): {} chunks, {} reconfigurations, {} bitwise equal, max rel err {:.3e}",
             eq.frames, eq.reconfigurations, eq.bitwise_equal, eq.max_rel_err
@@ -171,7 +267,8 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             (b, req(80, 20)),
             (b, req(40, 60)),
         ];
-        // Camera at 1.5 × the slowest encoder of the cycle: no drops unless a switch causes one.
+        // Camera at 30 Hz, or 2.5 × the slowest solo encoder of the cycle if that is slower
+        // (the encoder slows down while the decoder runs): no drops unless a switch causes one.
         p.reconfigure(b, req(30, 70), true, true)?;
         let mut slow = 0.0f64;
         for i in 0..5 {
@@ -179,8 +276,8 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             p.encode(&work.inputs[i % work.inputs.len()])?;
             slow = slow.max(t0.elapsed().as_secs_f64());
         }
-        let cam = Duration::from_secs_f64(slow * 1.5);
-        let r = bench::reconfig_under_load(&p, &work, args.reconfig, 20, cam, &splits)?;
+        let cam = Duration::from_secs_f64((slow * 2.5).max(1.0 / 30.0));
+        let r = bench::reconfig_under_load(p, work, args.reconfig, 20, cam, &splits)?;
         let line = format!(
             "reconfig ({b}): {:.1} s, {} changes, {} errors; camera {:.2} ms: {} submitted, {} encoded, {} dropped; \
              {} chunks (median gap {:.3} ms, max gap {:.3} ms); prepare new p50 {:.2} ms (max n={}), cached p50 {:.3} ms; \
@@ -212,7 +309,19 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
 
     if !args.no_bench {
         let sweep: Vec<(u32, u32)> = if args.sweep {
-            vec![(90, 10), (80, 20), (60, 40), (40, 60), (20, 80)]
+            vec![
+                (90, 10),
+                (80, 20),
+                (60, 40),
+                (40, 60),
+                (20, 80),
+                // Overlapping: the decoder on the whole GPU, the encoder confined.
+                (20, 100),
+                (30, 100),
+                (40, 100),
+                (50, 100),
+                (60, 80),
+            ]
         } else {
             vec![]
         };
@@ -222,14 +331,29 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             Backend::Green
         };
         let cases = bench::six_way(pb, &sweep);
-        let res = bench::run_cases(&p, &cases, &work, args.iterations)?;
+        let mut res = bench::run_cases(p, &cases, work, args.iterations)?;
+        if let Some(n) = native.clone() {
+            res.insert(0, n);
+            // The pipeline's own whole-GPU sequential run stays as a second row.
+            if let Some(r) = res
+                .iter_mut()
+                .skip(1)
+                .find(|r| r.name == "forward sequential")
+            {
+                r.name = "forward sequential (pipeline, 2 streams)".into();
+            }
+        }
         let t = bench::report(&res);
         println!(
             "\n## six-way benchmark ({} iterations, {} engine)\n{t}",
             args.iterations, "synthetic"
         );
-        write(args, &format!("bench-{pb}.md"), &t);
-        write(args, &format!("bench-{pb}.jsonl"), &bench::to_json(&res));
+        write(args, &format!("bench-{}-{pb}.md", args.engine), &t);
+        write(
+            args,
+            &format!("bench-{}-{pb}.jsonl", args.engine),
+            &bench::to_json(&res),
+        );
     }
     if !summary.is_empty() {
         println!("\n## summary\n{summary}");
@@ -249,6 +373,39 @@ fn workload(s: &SyntheticStages, n: usize) -> Workload {
             1000 + i as u64,
             s.cfg.chunk,
             s.cfg.action_dim,
+        ));
+    }
+    Workload { inputs, noise }
+}
+
+fn pi0_workload(cfg: &pi0_mps::model::config::ModelConfig, n: usize) -> Workload {
+    use rand::{Rng, SeedableRng};
+    let px = cfg.vision.image_size * cfg.vision.image_size * 3;
+    let mut inputs = Vec::new();
+    let mut noise = Vec::new();
+    for i in 0..n {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42 + i as u64);
+        inputs.push(ModelInput {
+            images: (0..2)
+                .map(|_| Some((0..px).map(|_| rng.gen_range(-1.0f32..1.0)).collect()))
+                .collect(),
+            tokens: (0..20)
+                .map(|j| {
+                    if j == 0 {
+                        2
+                    } else {
+                        rng.gen_range(3..cfg.vocab_size as u32)
+                    }
+                })
+                .collect(),
+            state: (0..cfg.action_dim)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect(),
+        });
+        noise.push(pi0_mps::engine::gaussian_noise(
+            1000 + i as u64,
+            50,
+            cfg.action_dim,
         ));
     }
     Workload { inputs, noise }

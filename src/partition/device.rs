@@ -45,10 +45,7 @@ pub fn green_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
     let all = device_sm_resource(ctx)?;
     let sm = unsafe { all.__bindgen_anon_1.sm };
     let granularity = sm.minSmPartitionSize.max(1);
-    Ok(SmLayout {
-        total: sm.smCount,
-        granularity,
-    })
+    Ok(SmLayout::uniform(sm.smCount, granularity))
 }
 
 pub(crate) fn device_sm_resource(ctx: &Arc<CudaContext>) -> Result<sys::CUdevResource> {
@@ -101,17 +98,51 @@ impl GreenGroups {
                 "cuDevSmResourceSplitByCount",
             )?;
             groups.truncate(n as usize);
-            if n != want {
+            if n == 0 {
                 return Err(Error::Gpu(format!(
-                    "SM split gave {n} groups of {}, expected {want}",
+                    "the SM split gave no group of {} SMs",
                     layout.granularity
                 )));
             }
+            // Measured on the H100: 15 groups of 8 and 12 left over (groups stay in a GPC).
+            let layout = SmLayout {
+                groups: n,
+                ..layout
+            };
+            log::debug!(
+                "green contexts: {} SMs = {n} groups of {} + {} left over",
+                layout.total,
+                layout.granularity,
+                layout.remainder()
+            );
             Ok(GreenGroups {
                 groups,
                 remainder,
                 layout,
             })
+        }
+    }
+
+    /// A complementary pair: one group of at least `small_sms` (split off the whole device)
+    /// and everything else, so no SM is idle. Returns (small, rest).
+    fn make_pair(
+        &self,
+        ctx: &Arc<CudaContext>,
+        small_sms: u32,
+        prio: (i32, i32),
+    ) -> Result<((GreenStage, u32), (GreenStage, u32))> {
+        let all = device_sm_resource(ctx)?;
+        unsafe {
+            let mut grp: sys::CUdevResource = std::mem::zeroed();
+            let mut rest: sys::CUdevResource = std::mem::zeroed();
+            let mut n = 1u32;
+            ck(
+                sys::cuDevSmResourceSplitByCount(&mut grp, &mut n, &all, &mut rest, 0, small_sms),
+                "cuDevSmResourceSplitByCount",
+            )?;
+            let a = Self::stage_from(ctx, vec![grp], prio.0)?;
+            let b = Self::stage_from(ctx, vec![rest], prio.1)?;
+            Ok((a, b))
         }
     }
 
@@ -123,26 +154,38 @@ impl GreenGroups {
         first: u32,
         count: u32,
         with_rem: bool,
+        prio: i32,
     ) -> Result<(GreenStage, u32)> {
         let mut res: Vec<sys::CUdevResource> =
             self.groups[first as usize..(first + count) as usize].to_vec();
         let rem_sms = unsafe { self.remainder.__bindgen_anon_1.sm.smCount };
-        let try_rem = with_rem && rem_sms > 0;
-        if try_rem {
+        if with_rem && rem_sms > 0 {
             res.push(self.remainder);
+            match Self::stage_from(ctx, res.clone(), prio) {
+                Ok(x) => return Ok(x),
+                Err(e) => {
+                    log::warn!(
+                        "left-over SMs refused in one descriptor with whole groups ({e}); \
+                         using the groups alone"
+                    );
+                    res.pop();
+                }
+            }
         }
+        Self::stage_from(ctx, res, prio)
+    }
+
+    fn stage_from(
+        ctx: &Arc<CudaContext>,
+        mut res: Vec<sys::CUdevResource>,
+        prio: i32,
+    ) -> Result<(GreenStage, u32)> {
         unsafe {
             let mut desc: sys::CUdevResourceDesc = std::ptr::null_mut();
-            let mut r =
-                sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32);
-            if r != sys::CUresult::CUDA_SUCCESS && try_rem {
-                log::debug!(
-                    "remainder SMs refused in a descriptor ({r:?}); using the groups alone"
-                );
-                res.pop();
-                r = sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32);
-            }
-            ck(r, "cuDevResourceGenerateDesc")?;
+            ck(
+                sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32),
+                "cuDevResourceGenerateDesc",
+            )?;
             let mut g: sys::CUgreenCtx = std::ptr::null_mut();
             ck(
                 sys::cuGreenCtxCreate(
@@ -158,7 +201,7 @@ impl GreenGroups {
                 &mut s,
                 g,
                 sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-                0,
+                prio,
             );
             if r != sys::CUresult::CUDA_SUCCESS {
                 sys::cuGreenCtxDestroy(g);
@@ -262,46 +305,70 @@ impl Partition {
     ) -> Result<Partition> {
         let t0 = Instant::now();
         let mut owned = Vec::new();
-        let mut make = |st: StagePlan| -> Result<(Arc<CudaStream>, u32)> {
-            match st {
-                StagePlan::Whole => {
-                    let s = ctx
-                        .new_stream()
-                        .map_err(|e| Error::Gpu(format!("stream: {e}")))?;
-                    owned.push(Owned::Plain);
-                    Ok((s, total_sms))
-                }
+        let complementary = match (plan.encoder, plan.decoder, groups) {
+            (
                 StagePlan::Groups {
-                    first,
-                    count,
-                    with_remainder,
-                } => {
-                    let g = groups
-                        .ok_or_else(|| Error::Gpu("green contexts are not initialised".into()))?;
-                    let (stage, sms) = g.make(ctx, first, count, with_remainder)?;
-                    let s = unsafe { ctx.wrap_borrowed_stream(stage.stream) };
-                    owned.push(Owned::Green(stage));
-                    Ok((s, sms))
-                }
-                StagePlan::Count(n) => {
-                    let mctx = mps_context(ctx, n)?;
-                    let sms = mps_affinity(&mctx)?;
-                    let s = mctx
-                        .new_stream()
-                        .map_err(|e| Error::Gpu(format!("stream in MPS context: {e}")))?;
-                    owned.push(Owned::Mps(mctx));
-                    Ok((s, sms))
+                    first: ef,
+                    count: ec,
+                    with_remainder: er,
+                },
+                StagePlan::Groups {
+                    first: df,
+                    count: dc,
+                    with_remainder: dr,
+                },
+                Some(g),
+            ) => {
+                let n = g.layout.groups;
+                // (small first, small count, big first, big count, big has the remainder)
+                let enc_small = ef == 0 && df == ec && df + dc == n && dr && !er;
+                let dec_small = df == 0 && ef == dc && ef + ec == n && er && !dr;
+                if enc_small {
+                    Some((g, ec, true))
+                } else if dec_small {
+                    Some((g, dc, false))
+                } else {
+                    None
                 }
             }
+            _ => None,
         };
-        let (encoder_stream, encoder_sms) = make(plan.encoder)?;
-        let (decoder_stream, decoder_sms) = make(plan.decoder)?;
+        // The decoder (control-rate, latency-critical) gets the highest stream priority, the
+        // encoder the lowest: where the partitions overlap, decoder blocks are scheduled first.
+        let (enc_prio, dec_prio) = stream_priorities(ctx);
+        let (enc, dec) = match complementary {
+            Some((g, small_groups, encoder_small)) => {
+                // One split of the whole device: the smaller stage gets a group, the larger
+                // everything else (the left-over SMs included), so no SM is idle.
+                let prio = if encoder_small {
+                    (enc_prio, dec_prio)
+                } else {
+                    (dec_prio, enc_prio)
+                };
+                let (small, rest) = g.make_pair(ctx, small_groups * g.layout.granularity, prio)?;
+                let mut wrap = |(st, sms): (GreenStage, u32)| {
+                    let s = unsafe { ctx.wrap_borrowed_stream(st.stream) };
+                    owned.push(Owned::Green(st));
+                    (s, sms)
+                };
+                let (a, b) = (wrap(small), wrap(rest));
+                if encoder_small {
+                    (a, b)
+                } else {
+                    (b, a)
+                }
+            }
+            None => (
+                stage_stream(ctx, plan.encoder, groups, total_sms, &mut owned, enc_prio)?,
+                stage_stream(ctx, plan.decoder, groups, total_sms, &mut owned, dec_prio)?,
+            ),
+        };
+        let ((encoder_stream, encoder_sms), (decoder_stream, decoder_sms)) = (enc, dec);
         ctx.bind_to_thread()
             .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-        let layout = SmLayout {
-            total: total_sms,
-            granularity: groups.map(|g| g.layout.granularity).unwrap_or(1),
-        };
+        let layout = groups
+            .map(|g| g.layout)
+            .unwrap_or_else(|| SmLayout::uniform(total_sms, 1));
         let shared_sms = match plan.backend {
             Backend::None => total_sms,
             _ => plan.shared_sms(&layout).min(encoder_sms.min(decoder_sms)),
@@ -337,6 +404,60 @@ impl Partition {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// (lowest, highest) stream priority of the device: (encoder, decoder).
+fn stream_priorities(ctx: &Arc<CudaContext>) -> (i32, i32) {
+    let _ = ctx.bind_to_thread();
+    let (mut least, mut greatest) = (0i32, 0i32);
+    unsafe {
+        if sys::cuCtxGetStreamPriorityRange(&mut least, &mut greatest)
+            != sys::CUresult::CUDA_SUCCESS
+        {
+            return (0, 0);
+        }
+    }
+    (least, greatest)
+}
+
+fn stage_stream(
+    ctx: &Arc<CudaContext>,
+    st: StagePlan,
+    groups: Option<&GreenGroups>,
+    total_sms: u32,
+    owned: &mut Vec<Owned>,
+    prio: i32,
+) -> Result<(Arc<CudaStream>, u32)> {
+    match st {
+        StagePlan::Whole => {
+            let s = ctx
+                .new_stream_with_priority(prio)
+                .map_err(|e| Error::Gpu(format!("stream: {e}")))?;
+            owned.push(Owned::Plain);
+            Ok((s, total_sms))
+        }
+        StagePlan::Groups {
+            first,
+            count,
+            with_remainder,
+        } => {
+            let g =
+                groups.ok_or_else(|| Error::Gpu("green contexts are not initialised".into()))?;
+            let (stage, sms) = g.make(ctx, first, count, with_remainder, prio)?;
+            let s = unsafe { ctx.wrap_borrowed_stream(stage.stream) };
+            owned.push(Owned::Green(stage));
+            Ok((s, sms))
+        }
+        StagePlan::Count(n) => {
+            let mctx = mps_context(ctx, n)?;
+            let sms = mps_affinity(&mctx)?;
+            let s = mctx
+                .new_stream_with_priority(prio)
+                .map_err(|e| Error::Gpu(format!("stream in MPS context: {e}")))?;
+            owned.push(Owned::Mps(mctx));
+            Ok((s, sms))
+        }
     }
 }
 

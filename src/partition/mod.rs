@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod device;
+pub mod pi0;
 pub mod pipeline;
 pub mod split;
 pub mod stage;

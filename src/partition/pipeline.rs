@@ -110,19 +110,47 @@ pub struct StreamStats {
     pub last_error: Option<String>,
 }
 
-/// A prepared split: its partition and the graphs captured on its streams.
+/// Graphs of one stage of one split: per prefix slot, (input-shape key, graph).
+type GraphSet = Mutex<Vec<Option<(u64, StageGraph)>>>;
+
+/// A prepared split: its partition and the graphs captured on its streams. A graph is valid
+/// for the input shape it was captured at (views, prompt length, chunk); a frame whose shape
+/// has no graph runs eagerly and asks the capture thread for one (off the hot path).
 pub struct PreparedSplit {
     // Graphs before the partition: dropped first (they hold its streams).
-    enc_graphs: Vec<StageGraph>,
-    dec_graphs: Vec<StageGraph>,
+    enc_graphs: GraphSet,
+    dec_graphs: GraphSet,
+    requested: Mutex<Vec<(Stage, usize, u64)>>,
     pub capture_ms: f64,
     pub partition: Partition,
 }
 
 impl PreparedSplit {
-    fn has_graphs(&self) -> bool {
-        !self.enc_graphs.is_empty()
+    fn graphs(&self, stage: Stage) -> &GraphSet {
+        match stage {
+            Stage::Encoder => &self.enc_graphs,
+            Stage::Decoder => &self.dec_graphs,
+        }
     }
+    /// Launches the graph of `slot` if one matches `shape`.
+    fn launch(&self, stage: Stage, slot: usize, shape: Option<u64>) -> Result<bool> {
+        let Some(k) = shape else { return Ok(false) };
+        let g = lock(self.graphs(stage));
+        match g.get(slot) {
+            Some(Some((gk, graph))) if *gk == k => {
+                graph.launch()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+struct CaptureJob<E: StageEngine> {
+    prepared: std::sync::Weak<PreparedSplit>,
+    stage: Stage,
+    slot: usize,
+    _e: std::marker::PhantomData<fn() -> E>,
 }
 
 #[derive(Clone)]
@@ -179,6 +207,10 @@ struct Inner<E: StageEngine> {
     next_obs: AtomicU64,
     stats: Mutex<StreamStats>,
     switches: Mutex<Vec<SwitchRecord>>,
+    captures: Mutex<std::collections::VecDeque<CaptureJob<E>>>,
+    captures_cv: Condvar,
+    capture_ms: Mutex<Vec<f64>>,
+    capture_lock: Mutex<()>,
     stop: AtomicBool,
 }
 
@@ -208,6 +240,7 @@ impl Drop for Range {
 pub struct PartitionedPi0<E: StageEngine + 'static> {
     inner: Arc<Inner<E>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    capturer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<E: StageEngine + 'static> PartitionedPi0<E> {
@@ -231,15 +264,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         let probe_plan = plan(
             Backend::None,
             SplitRequest::whole(),
-            SmLayout {
-                total: total_sms,
-                granularity: 1,
-            },
+            SmLayout::uniform(total_sms, 1),
         )?;
         // A placeholder active configuration; replaced below before any frame runs.
         let placeholder = Arc::new(PreparedSplit {
-            enc_graphs: vec![],
-            dec_graphs: vec![],
+            enc_graphs: Mutex::new(vec![]),
+            dec_graphs: Mutex::new(vec![]),
+            requested: Mutex::new(vec![]),
             capture_ms: 0.0,
             partition: Partition::create(&ctx, probe_plan, None, total_sms)?,
         });
@@ -269,12 +300,17 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             next_obs: AtomicU64::new(1),
             stats: Mutex::new(StreamStats::default()),
             switches: Mutex::new(Vec::new()),
+            captures: Mutex::new(Default::default()),
+            captures_cv: Condvar::new(),
+            capture_ms: Mutex::new(Vec::new()),
+            capture_lock: Mutex::new(()),
             stop: AtomicBool::new(false),
             engine,
         });
         let p = PartitionedPi0 {
             inner,
             worker: Mutex::new(None),
+            capturer: Mutex::new(None),
         };
         p.reconfigure(opts.backend, opts.split, opts.concurrent, opts.use_graphs)?;
         Ok(p)
@@ -340,16 +376,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
                     )))
                 }
             },
-            _ => SmLayout {
-                total: inner.total_sms,
-                granularity: 1,
-            },
+            _ => SmLayout::uniform(inner.total_sms, 1),
         };
         let plan = plan(backend, split, layout)?;
         let from = self.partition();
         let cached = lock(&inner.cache).get(&plan.key());
         let (prepared, hit) = match cached {
-            Some(p) if !use_graphs || p.has_graphs() => (p, true),
+            Some(p) => (p, true),
             _ => (Arc::new(self.prepare(plan, use_graphs)?), false),
         };
         let capture_ms = if hit { 0.0 } else { prepared.capture_ms };
@@ -405,37 +438,130 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     fn prepare(&self, plan: SplitPlan, use_graphs: bool) -> Result<PreparedSplit> {
         let inner = &self.inner;
         let partition = Partition::create(&inner.ctx, plan, inner.green.as_ref(), inner.total_sms)?;
+        let n = inner.engine.prefix_slots();
+        let prepared = PreparedSplit {
+            enc_graphs: Mutex::new((0..n).map(|_| None).collect()),
+            dec_graphs: Mutex::new((0..n).map(|_| None).collect()),
+            requested: Mutex::new(vec![]),
+            capture_ms: 0.0,
+            partition,
+        };
         let t0 = Instant::now();
-        let mut enc_graphs = Vec::new();
-        let mut dec_graphs = Vec::new();
         if use_graphs {
-            let n = inner.engine.prefix_slots();
+            // Shapes already seen get their graphs now; others are captured on demand.
             for slot in 0..n {
-                // One graph per lock: the hot path interleaves with the captures.
-                let _e = lock(&inner.enc);
-                enc_graphs.push(
-                    inner
-                        .engine
-                        .capture_encoder(&partition.encoder_stream, slot)?,
-                );
+                self.capture_one(&prepared, Stage::Encoder, slot)?;
             }
             for slot in 0..n {
-                let _d = lock(&inner.dec);
-                dec_graphs.push(
-                    inner
-                        .engine
-                        .capture_decoder(&partition.decoder_stream, slot)?,
-                );
+                self.capture_one(&prepared, Stage::Decoder, slot)?;
             }
         }
-        let capture_ms = t0.elapsed().as_secs_f64() * 1e3;
         inner.ctx.bind_to_thread().map_err(gpu("bind context"))?;
         Ok(PreparedSplit {
-            enc_graphs,
-            dec_graphs,
-            capture_ms,
-            partition,
+            capture_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..prepared
         })
+    }
+
+    /// Captures the graph of (`stage`, `slot`) on `p`'s stream for the slot's current shape,
+    /// under the stage's lock (no frame of that stage is being enqueued meanwhile).
+    fn capture_one(&self, p: &PreparedSplit, stage: Stage, slot: usize) -> Result<bool> {
+        let inner = &self.inner;
+        // Captures only record (no GPU work), so they do not take the stage's lock: the hot
+        // path keeps its turn (std mutexes are unfair: waiting for a busy decoder lock starved
+        // captures for seconds under load). Captures are serialised among themselves.
+        let _l = lock(&inner.capture_lock);
+        let shape = match stage {
+            Stage::Encoder => inner.engine.encoder_shape(slot),
+            Stage::Decoder => inner.engine.decoder_shape(slot),
+        };
+        let Some(k) = shape else { return Ok(false) };
+        if matches!(lock(p.graphs(stage)).get(slot), Some(Some((gk, _))) if *gk == k) {
+            return Ok(false);
+        }
+        let t0 = Instant::now();
+        let _r = Range::new("capture");
+        let g = match stage {
+            Stage::Encoder => inner
+                .engine
+                .capture_encoder(&p.partition.encoder_stream, slot)?,
+            Stage::Decoder => inner
+                .engine
+                .capture_decoder(&p.partition.decoder_stream, slot)?,
+        };
+        lock(&inner.capture_ms).push(t0.elapsed().as_secs_f64() * 1e3);
+        lock(p.graphs(stage))[slot] = Some((k, g));
+        Ok(true)
+    }
+
+    /// Asks the capture thread for a graph of (`stage`, `slot`) at the current shape.
+    fn request_capture(&self, p: &Arc<PreparedSplit>, stage: Stage, slot: usize, shape: u64) {
+        {
+            let mut r = lock(&p.requested);
+            if r.contains(&(stage, slot, shape)) {
+                return;
+            }
+            r.push((stage, slot, shape));
+        }
+        if self.ensure_capturer().is_err() {
+            return;
+        }
+        lock(&self.inner.captures).push_back(CaptureJob {
+            prepared: Arc::downgrade(p),
+            stage,
+            slot,
+            _e: std::marker::PhantomData,
+        });
+        self.inner.captures_cv.notify_all();
+    }
+
+    fn ensure_capturer(&self) -> Result<()> {
+        let mut w = lock(&self.capturer);
+        if w.is_some() {
+            return Ok(());
+        }
+        let me = PartitionedPi0 {
+            inner: self.inner.clone(),
+            worker: Mutex::new(None),
+            capturer: Mutex::new(None),
+        };
+        let h = std::thread::Builder::new()
+            .name("pi0-graph-capture".into())
+            .spawn(move || {
+                nvtx::name_thread!("pi0-graph-capture");
+                loop {
+                    let job = {
+                        let mut q = lock(&me.inner.captures);
+                        loop {
+                            if me.inner.stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            if let Some(j) = q.pop_front() {
+                                break j;
+                            }
+                            q = me
+                                .inner
+                                .captures_cv
+                                .wait_timeout(q, Duration::from_millis(50))
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                    };
+                    if let Some(p) = job.prepared.upgrade() {
+                        if let Err(e) = me.capture_one(&p, job.stage, job.slot) {
+                            log::warn!("graph capture {:?} slot {}: {e}", job.stage, job.slot);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Gpu(format!("capture thread: {e}")))?;
+        *w = Some(h);
+        Ok(())
+    }
+
+    /// Host times of the graph captures so far (ms).
+    pub fn capture_times(&self) -> Vec<f64> {
+        lock(&self.inner.capture_ms).clone()
     }
 
     /// Switch records: when each configuration reached each stage.
@@ -511,9 +637,12 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             }
             let _r = Range::new("encoder");
             inner.engine.upload_observation(stream, slot, input)?;
-            match p.enc_graphs.get(slot) {
-                Some(g) if active.use_graphs => g.launch()?,
-                _ => inner.engine.enqueue_encoder(stream, slot)?,
+            let shape = inner.engine.encoder_shape(slot);
+            if !(active.use_graphs && p.launch(Stage::Encoder, slot, shape)?) {
+                inner.engine.enqueue_encoder(stream, slot)?;
+                if let (true, Some(k)) = (active.use_graphs, shape) {
+                    self.request_capture(p, Stage::Encoder, slot, k);
+                }
             }
             let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
             run.last = Some(ev.clone());
@@ -575,9 +704,12 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         }
         let _r = Range::new("decoder");
         inner.engine.upload_decoder_inputs(stream, state, noise)?;
-        match p.dec_graphs.get(slot) {
-            Some(g) if active.use_graphs => g.launch()?,
-            _ => inner.engine.enqueue_decoder(stream, slot)?,
+        let shape = inner.engine.decoder_shape(slot);
+        if !(active.use_graphs && p.launch(Stage::Decoder, slot, shape)?) {
+            inner.engine.enqueue_decoder(stream, slot)?;
+            if let (true, Some(k)) = (active.use_graphs, shape) {
+                self.request_capture(p, Stage::Decoder, slot, k);
+            }
         }
         let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
         {
@@ -761,6 +893,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         let me = PartitionedPi0 {
             inner: self.inner.clone(),
             worker: Mutex::new(None),
+            capturer: Mutex::new(None),
         };
         let h = std::thread::Builder::new()
             .name("pi0-encoder".into())
@@ -818,10 +951,14 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
 
 impl<E: StageEngine + 'static> Drop for PartitionedPi0<E> {
     fn drop(&mut self) {
-        let h = self.worker.get_mut().map(|w| w.take()).unwrap_or(None);
-        if let Some(h) = h {
+        let w = self.worker.get_mut().map(|w| w.take()).unwrap_or(None);
+        let c = self.capturer.get_mut().map(|w| w.take()).unwrap_or(None);
+        if w.is_some() || c.is_some() {
             self.inner.stop.store(true, Ordering::Relaxed);
             self.inner.pending_cv.notify_all();
+            self.inner.captures_cv.notify_all();
+        }
+        for h in [w, c].into_iter().flatten() {
             let _ = h.join();
         }
         if self.worker.get_mut().is_ok() && Arc::strong_count(&self.inner) == 1 {
@@ -844,7 +981,10 @@ fn info(a: &Active, total: u32) -> PartitionInfo {
     }
 }
 
-/// The green-context granularity of the device (for reports).
+/// The green-context layout of the device (for reports): SMs, granularity, whole groups.
 pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
-    green_layout(ctx)
+    match GreenGroups::new(ctx) {
+        Ok(g) => Ok(g.layout),
+        Err(_) => green_layout(ctx),
+    }
 }

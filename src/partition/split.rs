@@ -111,14 +111,26 @@ pub struct SmLayout {
     pub total: u32,
     /// Smallest partition and step (green contexts: `minSmPartitionSize`, 8 on Hopper; MPS: 1).
     pub granularity: u32,
+    /// Whole groups of `granularity` SMs the driver can make (the H100 gives 15 groups of 8
+    /// plus 12 left-over SMs, not 16: groups stay inside a GPC).
+    pub groups: u32,
 }
 
 impl SmLayout {
-    pub fn groups(&self) -> u32 {
-        self.total / self.granularity
+    /// Every SM in groups of `granularity` (MPS: granularity 1).
+    pub fn uniform(total: u32, granularity: u32) -> Self {
+        SmLayout {
+            total,
+            granularity,
+            groups: total / granularity.max(1),
+        }
     }
+    pub fn groups(&self) -> u32 {
+        self.groups
+    }
+    /// SMs outside the whole groups.
     pub fn remainder(&self) -> u32 {
-        self.total % self.granularity
+        self.total - self.groups * self.granularity
     }
 }
 
@@ -228,7 +240,11 @@ fn target_sms(pct: u8, total: u32) -> f64 {
 /// rounded to the nearest size the backend can make (reported, never silently different).
 pub fn plan(backend: Backend, req: SplitRequest, layout: SmLayout) -> Result<SplitPlan> {
     req.validate()?;
-    if layout.total == 0 || layout.granularity == 0 || layout.granularity > layout.total {
+    if layout.total == 0
+        || layout.granularity == 0
+        || layout.groups == 0
+        || layout.groups * layout.granularity > layout.total
+    {
         return Err(Error::Gpu(format!(
             "bad SM layout: {} SMs, granularity {}",
             layout.total, layout.granularity
@@ -328,9 +344,17 @@ fn plan_green(req: SplitRequest, layout: SmLayout) -> (StagePlan, StagePlan) {
 mod tests {
     use super::*;
 
+    /// What the H100 driver gives: 15 groups of 8 + 12 left over.
     const H100: SmLayout = SmLayout {
         total: 132,
         granularity: 8,
+        groups: 15,
+    };
+    /// The ideal layout (16 groups of 8 + 4).
+    const IDEAL: SmLayout = SmLayout {
+        total: 132,
+        granularity: 8,
+        groups: 16,
     };
 
     fn sms(b: Backend, e: u32, d: u32) -> (u32, u32, u32) {
@@ -363,40 +387,48 @@ mod tests {
         assert_eq!(sms(Backend::Green, 30, 70), (40, 92, 0));
         // 50-50: 66 -> decoder 64 (8 groups) at the bottom... the encoder (tie) is on top: 68.
         assert_eq!(sms(Backend::Green, 50, 50), (68, 64, 0));
-        for e in 1..100u32 {
-            let (es, ds, sh) = sms(Backend::Green, e, 100 - e);
-            assert_eq!(sh, 0, "{e}");
-            assert_eq!(es + ds, 132, "{e}: {es}+{ds}");
-            assert!(es >= 8 && ds >= 8);
-            assert_eq!(es.min(ds) % 8, 0);
+        assert_eq!(sms_on(IDEAL, Backend::Green, 70, 30), (92, 40, 0));
+        assert_eq!(sms_on(IDEAL, Backend::Green, 50, 50), (68, 64, 0));
+        for l in [H100, IDEAL] {
+            for e in 1..100u32 {
+                let (es, ds, sh) = sms_on(l, Backend::Green, e, 100 - e);
+                assert_eq!(sh, 0, "{e}");
+                assert_eq!(es + ds, 132, "{e}: {es}+{ds}");
+                assert!(es >= 8 && ds >= 8);
+                assert_eq!(es.min(ds) % 8, 0);
+            }
         }
     }
 
     #[test]
     fn green_counts_are_multiples_of_granularity_and_near_the_request() {
-        for e in 1..=99u32 {
-            for d in 1..=99u32 {
-                let p = plan(Backend::Green, SplitRequest::new(e, d).unwrap(), H100).unwrap();
-                for (pct, st) in [(e, p.encoder), (d, p.decoder)] {
-                    let StagePlan::Groups {
-                        first,
-                        count,
-                        with_remainder,
-                    } = st
-                    else {
-                        panic!("{e}-{d}: {st:?}");
-                    };
-                    assert!(count >= 1 && first + count <= 16, "{e}-{d}: {st:?}");
-                    let got = st.sms(&H100) as f64;
-                    let want = pct as f64 * 1.32;
-                    // Within one group (+ remainder) of the request, or at the 8-SM floor.
-                    assert!(
-                        (got - want).abs() <= 8.0 + 4.0 || got == 8.0,
-                        "{e}-{d}: stage {pct}% got {got} SMs ({st:?}, rem {with_remainder})"
-                    );
-                }
-                if e + d <= 100 {
-                    assert_eq!(p.shared_sms(&H100), 0, "{e}-{d} must be disjoint");
+        for l in [H100, IDEAL] {
+            for e in 1..=99u32 {
+                for d in 1..=99u32 {
+                    let p = plan(Backend::Green, SplitRequest::new(e, d).unwrap(), l).unwrap();
+                    for (pct, st) in [(e, p.encoder), (d, p.decoder)] {
+                        let StagePlan::Groups {
+                            first,
+                            count,
+                            with_remainder,
+                        } = st
+                        else {
+                            panic!("{e}-{d}: {st:?}");
+                        };
+                        assert!(count >= 1 && first + count <= l.groups, "{e}-{d}: {st:?}");
+                        let got = st.sms(&l) as f64;
+                        let want = pct as f64 * 1.32;
+                        // Within one group + the left-over SMs of the request, or at the floor.
+                        let floor =
+                            (l.granularity + if with_remainder { l.remainder() } else { 0 }) as f64;
+                        assert!(
+                            (got - want).abs() <= (8 + l.remainder()) as f64 || got == floor,
+                            "{e}-{d}: stage {pct}% got {got} SMs ({st:?}, rem {with_remainder})"
+                        );
+                    }
+                    if e + d <= 100 {
+                        assert_eq!(p.shared_sms(&l), 0, "{e}-{d} must be disjoint");
+                    }
                 }
             }
         }
@@ -424,10 +456,7 @@ mod tests {
 
     #[test]
     fn mps_counts_are_exact() {
-        let mps = SmLayout {
-            total: 132,
-            granularity: 1,
-        };
+        let mps = SmLayout::uniform(132, 1);
         let p = plan(Backend::Mps, SplitRequest::new(70, 30).unwrap(), mps).unwrap();
         assert_eq!(p.encoder, StagePlan::Count(92));
         assert_eq!(p.decoder, StagePlan::Count(40));

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 ///   (or waits on its event);
 /// * the same stream is passed for every call of one frame of one stage;
 /// * graphs are captured with `CU_STREAM_CAPTURE_MODE_THREAD_LOCAL` from a thread other than
-///   the hot path's, while the hot path keeps running on other streams.
+///   the hot path's, while the hot path keeps running on other streams: `enqueue_*` may be
+///   called for capture concurrently with a hot-path call of the same stage (it only records;
+///   host-side state it touches must be synchronised, as `Pi0Cuda`'s per-slot mutexes are).
 pub trait StageEngine: Send + Sync {
     fn name(&self) -> String;
     /// Number of prefix K/V slots (at least 2: double-buffered).
@@ -43,7 +45,17 @@ pub trait StageEngine: Send + Sync {
     fn enqueue_decoder(&self, stream: &Arc<CudaStream>, prefix_slot: usize) -> Result<()>;
     /// Copies the actions out (synchronises `stream`).
     fn download_actions(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>>;
+    /// A key of the input shape the encoder of `slot` has now (a graph is valid only for the
+    /// shape it was captured at); None: nothing uploaded yet, nothing to capture.
+    fn encoder_shape(&self, _slot: usize) -> Option<u64> {
+        Some(0)
+    }
+    /// The same for the decoder reading `prefix_slot` (prefix length, chunk).
+    fn decoder_shape(&self, _prefix_slot: usize) -> Option<u64> {
+        Some(0)
+    }
     /// Captures the encoder of `slot` as a graph on `stream` (bound to that stream's SMs).
+    /// Must only enqueue (no warm-up run): the hot path may be using the slot meanwhile.
     fn capture_encoder(&self, stream: &Arc<CudaStream>, slot: usize) -> Result<StageGraph> {
         capture(stream, || self.enqueue_encoder(stream, slot))
     }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 /// The two stages; each adopts a new configuration at its own next frame boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
     Encoder = 0,
     Decoder = 1,
