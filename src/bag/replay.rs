@@ -230,6 +230,12 @@ pub fn replay_offline(
     settings: &NodeSettings,
     opts: &ReplayOptions,
 ) -> Result<(ReplaySummary, Vec<ActionChunk>)> {
+    if settings.concurrent {
+        log::warn!(
+            "offline replay runs the sequential schedule (one encoder + decoder per observation); \
+             concurrent = true is not reproduced"
+        );
+    }
     let resolve = |name: &str| {
         let r = resolve_topic(name, &opts.namespace, &opts.node_name);
         opts.remaps
