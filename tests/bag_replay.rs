@@ -158,7 +158,7 @@ fn a_perturbed_expected_bag_fails_and_names_the_chunk() {
     let small = d.path().join("small");
     write_perturbed(&data("bags/expected_actions"), &small, 2, 0, 0, 1e-7);
     let r = compare_bags(
-        &data("bags/expected_actions"),
+        data("bags/expected_actions"),
         &small,
         &CompareOptions::default(),
     )
