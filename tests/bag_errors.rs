@@ -433,3 +433,30 @@ fn bad_replay_inputs() {
         "{e}"
     );
 }
+
+#[test]
+fn info_flags_counts_that_disagree_with_metadata() {
+    let d = tempfile::tempdir().unwrap();
+    let bag = small_bag(d.path(), "c", Storage::Mcap);
+    let meta = bag.join("metadata.yaml");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    // The camera topic's count (4 frames) claimed as 9.
+    std::fs::write(
+        &meta,
+        text.replacen("message_count: 4\n", "message_count: 9\n", 1),
+    )
+    .unwrap();
+    let o = replay_bin(&["info".as_ref(), bag.as_os_str()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains(
+            "/camera/image_raw [sensor_msgs/msg/Image] 4 messages (metadata says 9: MISMATCH)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("/joint_states [sensor_msgs/msg/JointState] 17 messages (metadata: 17)"),
+        "{out}"
+    );
+}

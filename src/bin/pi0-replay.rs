@@ -355,10 +355,12 @@ fn info(path: PathBuf) -> Result<ExitCode> {
     println!("topics:");
     for t in &bag.topics {
         let n = counts.get(&t.name).copied().unwrap_or(0);
-        let meta = if bag.metadata.is_some() {
-            format!(" (metadata: {})", t.message_count)
-        } else {
-            String::new()
+        let meta = match &bag.metadata {
+            Some(_) if t.message_count != n => {
+                format!(" (metadata says {}: MISMATCH)", t.message_count)
+            }
+            Some(_) => format!(" (metadata: {})", t.message_count),
+            None => String::new(),
         };
         println!("  {} [{}] {n} messages{meta}", t.name, t.type_name);
     }
