@@ -15,6 +15,10 @@ serialized message), so the node receives exactly what was recorded.
 --remap A:=B     publish bag topic A on topic B (repeatable).
 --topics         only these bag topics (default: all).
 --qos            reliable (default) or best_effort publishers, keep-last depth 100.
+--restamp        shift every header.stamp by (now at start - the bag's first timestamp), plus
+                 the loop offset, so that a node that drops stale data (max_age_s) accepts a
+                 recorded bag; relative timing between messages is kept. Messages without a
+                 header are published unchanged.
 --wait-s         how long to wait for each published topic to have a subscriber (default 60 s).
 --record T       subscribe to T (trajectory_msgs/JointTrajectory, raw bytes) and write what
                  arrives to --record-out (MCAP, metadata v9), stamped with the receive time.
@@ -49,6 +53,7 @@ def main():
     ap.add_argument("--topics", nargs="*")
     ap.add_argument("--qos", choices=["reliable", "best_effort"], default="reliable")
     ap.add_argument("--wait-s", type=float, default=60.0)
+    ap.add_argument("--restamp", action="store_true")
     ap.add_argument("--record")
     ap.add_argument("--record-out")
     ap.add_argument("--expect", type=int)
@@ -101,9 +106,11 @@ def main():
             print(f"bag_play: topics not in the bag: {sorted(missing)}", file=sys.stderr)
             return 2
     pubs = {}
+    classes = {}
     for c in conns:
         if c.topic not in pubs:
-            pubs[c.topic] = node.create_publisher(msg_class(c.msgtype), remaps.get(c.topic, c.topic), qos)
+            classes[c.topic] = msg_class(c.msgtype)
+            pubs[c.topic] = node.create_publisher(classes[c.topic], remaps.get(c.topic, c.topic), qos)
 
     lock = threading.Lock()
     recorded = []
@@ -149,10 +156,14 @@ def main():
     first = None
     offset = 0
     span = 0
+    shift = None
+    if a.restamp:
+        from rclpy.serialization import deserialize_message, serialize_message
     for _ in range(a.loop):
         for conn, t, raw in reader.messages(connections=[c for c in reader.connections if c.topic in names]):
             if first is None:
                 first = t
+                shift = node.get_clock().now().nanoseconds - t
             rel = t - first + offset
             span = max(span, t - first)
             if a.rate > 0:
@@ -163,7 +174,14 @@ def main():
             if step:
                 time.sleep(a.settle_ms / 1000.0)
                 before = count()
-            pubs[conn.topic].publish(bytes(raw))
+            data = bytes(raw)
+            if a.restamp:
+                msg = deserialize_message(data, classes[conn.topic])
+                if hasattr(msg, "header"):
+                    ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec + shift + offset
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+                    data = serialize_message(msg)
+            pubs[conn.topic].publish(data)
             published += 1
             if step:
                 if not wait_until(lambda: count() > before, a.step_timeout):
@@ -173,6 +191,9 @@ def main():
                 if a.rate > 0:
                     # Keep the recorded pace from here on.
                     start_wall = time.monotonic() - rel / 1e9 / a.rate
+                if a.restamp:
+                    # ... and stamps that are fresh at publish time.
+                    shift = node.get_clock().now().nanoseconds - (t + offset)
         offset += span + 1
     if a.expect is not None and not wait_until(lambda: count() >= a.expect, a.record_timeout):
         rc = 1

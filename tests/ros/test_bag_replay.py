@@ -117,3 +117,42 @@ def test_bag_play_rejects_bad_input(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "expected FROM:=TO" in p.stderr
+
+
+def test_restamped_replay_feeds_a_node_that_drops_stale_data(tmp_path):
+    """With the node's default age limit (max_age_s 0.5) a 2023 bag is all stale; --restamp
+    shifts the header stamps to now, so the node answers every frame, with the same actions
+    as the offline replay (only the stamps differ)."""
+    domain = (int(os.environ.get("ROS_DOMAIN_ID", "0")) + 53) % 100 + 1
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
+    log_path = tmp_path / "node.log"
+    node = subprocess.Popen(
+        [NODE_BIN, "--ros-args", "-r", "__node:=pi0", "--params-file", str(PARAMS),
+         "-p", f"checkpoint:={CHECKPOINT}", "-p", "max_age_s:=0.5"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        end = time.time() + 120
+        while "ready" not in log_path.read_text():
+            assert node.poll() is None, f"node exited {node.returncode}:\n{log_path.read_text()}"
+            assert time.time() < end, "node not ready:\n" + log_path.read_text()
+            time.sleep(0.1)
+        out = tmp_path / "online"
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "tests/ros/bag_play.py"), str(INPUT), "--restamp",
+             "--record", "/pi0/actions", "--record-out", str(out), "--expect", "3",
+             "--step-topic", "/camera/image_raw"],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr + "\nnode log:\n" + log_path.read_text()
+    finally:
+        node.send_signal(2)
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    got, want = chunks(out), chunks(EXPECTED)
+    assert len(got) == 3
+    # Fresh stamps, 100 ms apart or more (lockstep waits add to the gaps).
+    assert all(g[0] > 1_750_000_000_000_000_000 for g in got)
+    assert all(b[0] - a[0] >= 100_000_000 for a, b in zip(got, got[1:]))
+    for g, w in zip(got, want):
+        assert np.max(np.abs(g[2] - w[2])) <= 1e-4 + 1e-4 * np.max(np.abs(w[2]))
