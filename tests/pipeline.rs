@@ -232,3 +232,51 @@ async fn scheduler_sequential_and_concurrent_match_the_runner() {
         .expect("scheduler stops")
         .unwrap();
 }
+
+/// The CUDA backend (partitioned streams) through the same runner: matches the CPU engine
+/// within bf16 tolerance, and the split changes live. Skips on machines without a GPU.
+#[test]
+fn cuda_backend_matches_cpu_and_reconfigures() {
+    if let Some(why) = pi0_mps::partition::cuda_available()
+        .err()
+        .or_else(pi0_mps::gpu::skip_reason)
+    {
+        eprintln!("SKIP cuda_backend_matches_cpu_and_reconfigures: {why}");
+        return;
+    }
+    let mut s = settings();
+    s.backend = BackendChoice::Cuda;
+    let gpu = PolicyRunner::from_settings(&s).expect("CUDA runner");
+    assert!(
+        gpu.info().engine.starts_with("cuda"),
+        "{}",
+        gpu.info().engine
+    );
+    let cpu = runner();
+    let (i0, i1) = (image(6, 64, 48, "rgb8"), image(7, 40, 40, "bgr8"));
+    let raws = [Some(i0.as_raw()), Some(i1.as_raw())];
+    let pos = [0.3, -0.1, 0.2, 0.0, 0.1, -0.4, 0.5];
+    for (k, (e, d, c)) in [(50, 50, false), (70, 30, true), (100, 100, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let report = gpu
+            .reconfigure(e, d, c)
+            .unwrap()
+            .expect("partitioned engine");
+        eprintln!("split {e}/{d} concurrent {c}: {report}");
+        let g = gpu
+            .infer_raw(&raws, &names(), &pos, "pick", 1, k as u64)
+            .unwrap();
+        let want = cpu
+            .infer_raw(&raws, &names(), &pos, "pick", 1, k as u64)
+            .unwrap();
+        let err = rel_l2(&g.points, &want.points);
+        eprintln!(
+            "split {e}/{d}: rel L2 vs CPU {err:.2e}, encoder {:.2} ms, decoder {:.2} ms",
+            g.timing.encoder_ms, g.timing.decoder_ms
+        );
+        assert!(err < 3e-2, "rel L2 {err}");
+    }
+    assert!(gpu.reconfigure(0, 50, false).is_err());
+}

@@ -19,12 +19,16 @@ use std::time::Instant;
 use crate::cpu::{CpuEngine, PrefixCache};
 use crate::engine::{gaussian_noise, ModelInput, PolicyEngine};
 use crate::error::{Error, Result};
+use crate::gpu::{GpuOptions, Pi0Cuda};
+use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::normalize::{find_norm_stats, NormMode, Normalizer};
 use crate::model::preprocess::{self, RawImage};
 use crate::model::tokenizer::{self, PromptTokenizer};
+use crate::partition::pi0::Pi0Stages;
+use crate::partition::{Backend as SmBackend, PartitionedPi0, PipelineOptions, SplitRequest};
 
-use super::settings::{BackendChoice, NodeSettings};
+use super::settings::{BackendChoice, NodeSettings, Partition};
 use super::sync::{Observation, Stamp};
 
 /// A camera frame that owns its bytes (a `sensor_msgs/Image` without the header).
@@ -102,6 +106,13 @@ pub enum EngineHandle {
     /// Any engine through [`PolicyEngine`]: one whole inference per decode; the encoder
     /// stage only pre-processes and tokenizes.
     Whole(Mutex<Box<dyn PolicyEngine>>),
+    /// The CUDA engine on SM-partitioned encoder/decoder streams (`partition::PartitionedPi0`):
+    /// `encode` runs on the encoder partition, `decode` on the decoder partition (newest
+    /// complete prefix), and the split changes live.
+    Partitioned {
+        pipe: Box<PartitionedPi0<Pi0Stages>>,
+        cfg: ModelConfig,
+    },
 }
 
 impl EngineHandle {
@@ -109,12 +120,24 @@ impl EngineHandle {
         match self {
             EngineHandle::Cpu(_) => "cpu".into(),
             EngineHandle::Whole(e) => e.lock().map(|e| e.name().to_string()).unwrap_or_default(),
+            EngineHandle::Partitioned { pipe, .. } => {
+                let p = pipe.partition();
+                format!(
+                    "cuda ({}; {} partition: encoder {} / decoder {} of {} SMs)",
+                    pipe.engine().engine.device_name(),
+                    p.backend,
+                    p.encoder_sms,
+                    p.decoder_sms,
+                    p.total_sms
+                )
+            }
         }
     }
     fn config(&self) -> ModelConfig {
         match self {
             EngineHandle::Cpu(e) => e.config().clone(),
             EngineHandle::Whole(e) => e.lock().expect("engine lock").config().clone(),
+            EngineHandle::Partitioned { cfg, .. } => cfg.clone(),
         }
     }
 }
@@ -123,6 +146,8 @@ enum PrefixData {
     Cpu(PrefixCache),
     /// Model input without the state, for [`EngineHandle::Whole`].
     Input(ModelInput),
+    /// Encoded on the GPU (the pipeline keeps the K/V in its prefix slots).
+    Gpu,
 }
 
 /// The encoder's result for one observation.
@@ -285,7 +310,7 @@ impl PolicyRunner {
                 ckpt.display()
             );
         }
-        let engine = load_engine(settings.backend, &ckpt)?;
+        let engine = load_engine(settings, &ckpt)?;
         let tok_src = if settings.tokenizer.is_empty() {
             ckpt.clone()
         } else {
@@ -335,6 +360,31 @@ impl PolicyRunner {
         &self.camera_slots
     }
 
+    /// Applies a live SM split / mode to the GPU partitions (prepared off the hot path, in
+    /// effect at each stage's next frame boundary). `Ok(None)`: this engine has no partitions.
+    pub fn reconfigure(
+        &self,
+        encoder_pct: u32,
+        decoder_pct: u32,
+        concurrent: bool,
+    ) -> Result<Option<String>> {
+        let EngineHandle::Partitioned { pipe, .. } = &self.engine else {
+            return Ok(None);
+        };
+        let now = pipe.partition();
+        let r = pipe.reconfigure(
+            now.backend,
+            SplitRequest::new(encoder_pct, decoder_pct)?,
+            concurrent,
+            now.use_graphs,
+        )?;
+        let p = pipe.partition();
+        Ok(Some(format!(
+            "{} partition: encoder {} SMs, decoder {} SMs ({} shared) of {}, concurrent {} (generation {})",
+            p.backend, p.encoder_sms, p.decoder_sms, p.shared_sms, p.total_sms, p.concurrent, r.generation
+        )))
+    }
+
     /// One frame → model image (validates encoding, sizes, data length).
     pub fn prepare_image(&self, img: &RawImage) -> Result<ModelImage> {
         preprocess::image_to_model_input(img, self.cfg.vision.image_size)
@@ -374,6 +424,10 @@ impl PolicyRunner {
         let data = match &self.engine {
             EngineHandle::Cpu(e) => PrefixData::Cpu(e.encode_prefix(&input)?),
             EngineHandle::Whole(_) => PrefixData::Input(input),
+            EngineHandle::Partitioned { pipe, .. } => {
+                pipe.encode(&input)?;
+                PrefixData::Gpu
+            }
         };
         Ok(Prefix {
             stamp,
@@ -416,6 +470,9 @@ impl PolicyRunner {
                 e.lock()
                     .map_err(|_| Error::Input("engine poisoned by an earlier panic".into()))?
                     .sample_actions(&input, &noise)?
+            }
+            (PrefixData::Gpu, EngineHandle::Partitioned { pipe, .. }) => {
+                pipe.request_actions(&model_state, &noise)?.actions
             }
             _ => return Err(Error::Input("prefix from another engine".into())),
         };
@@ -498,19 +555,79 @@ fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
-/// Builds the engine for `backend`. `auto` uses CUDA when this build has a usable GPU engine,
-/// else the CPU reference engine.
-pub fn load_engine(backend: BackendChoice, ckpt: &Path) -> Result<EngineHandle> {
-    match backend {
-        BackendChoice::Cuda => Err(Error::Gpu(
-            "backend `cuda` requested, but this build has no CUDA pi0 engine yet; use backend:=cpu or auto"
-                .into(),
-        )),
-        BackendChoice::Auto | BackendChoice::Cpu => {
-            log::info!("loading {} on the CPU reference engine", ckpt.display());
-            Ok(EngineHandle::Cpu(Arc::new(CpuEngine::load(ckpt)?)))
+/// Builds the engine the settings ask for: `cuda` = the CUDA engine on SM-partitioned
+/// streams (an error without a usable GPU); `auto` = that when a GPU is usable (falling back
+/// to the CPU with a warning if it fails), else the CPU reference engine; `cpu` = the CPU.
+pub fn load_engine(settings: &NodeSettings, ckpt: &Path) -> Result<EngineHandle> {
+    let gpu_problem = || -> Option<String> {
+        if let Err(e) = crate::partition::cuda_available() {
+            return Some(e);
         }
+        crate::gpu::skip_reason()
+    };
+    match settings.backend {
+        BackendChoice::Cuda => {
+            if let Some(why) = gpu_problem() {
+                return Err(Error::Gpu(format!("backend cuda: {why}")));
+            }
+            load_cuda(settings, ckpt)
+        }
+        BackendChoice::Auto => match gpu_problem() {
+            None => load_cuda(settings, ckpt).or_else(|e| {
+                log::warn!("CUDA engine unavailable ({e}); falling back to the CPU engine");
+                load_cpu(ckpt)
+            }),
+            Some(why) => {
+                log::info!("no usable GPU ({why}): CPU engine");
+                load_cpu(ckpt)
+            }
+        },
+        BackendChoice::Cpu => load_cpu(ckpt),
     }
+}
+
+fn load_cpu(ckpt: &Path) -> Result<EngineHandle> {
+    log::info!("loading {} on the CPU reference engine", ckpt.display());
+    Ok(EngineHandle::Cpu(Arc::new(CpuEngine::load(ckpt)?)))
+}
+
+fn sm_backend(p: Partition) -> SmBackend {
+    match p {
+        Partition::Green => SmBackend::Green,
+        Partition::Mps => SmBackend::Mps,
+        Partition::None => SmBackend::None,
+    }
+}
+
+fn load_cuda(settings: &NodeSettings, ckpt: &Path) -> Result<EngineHandle> {
+    log::info!("loading {} on the CUDA engine", ckpt.display());
+    let loaded = checkpoint::load(ckpt)?;
+    let cfg = loaded.config.clone();
+    let chunk = if settings.chunk == 0 {
+        cfg.action_horizon
+    } else {
+        settings.chunk
+    };
+    let opts = GpuOptions {
+        max_chunk: chunk.max(GpuOptions::default().max_chunk),
+        ..GpuOptions::default()
+    };
+    let engine = Pi0Cuda::new(&loaded, opts)?;
+    let ctx = engine.context().clone();
+    let pipe = PartitionedPi0::new(
+        ctx,
+        Pi0Stages::new(engine, chunk),
+        PipelineOptions {
+            backend: sm_backend(settings.partition),
+            split: SplitRequest::new(settings.encoder_pct, settings.decoder_pct)?,
+            concurrent: settings.concurrent,
+            ..PipelineOptions::default()
+        },
+    )?;
+    Ok(EngineHandle::Partitioned {
+        pipe: Box::new(pipe),
+        cfg,
+    })
 }
 
 /// Seed of the built-in random checkpoint.

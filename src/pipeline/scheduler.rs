@@ -87,6 +87,7 @@ pub struct Counters {
 
 /// The scheduler's state; run it with [`Scheduler::run`].
 pub struct Scheduler<F: Fn() -> Stamp> {
+    runner: Arc<PolicyRunner>,
     settings: NodeSettings,
     sync: ObservationSync<ModelImage>,
     now: F,
@@ -152,9 +153,10 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
         let (dec_tx, dec_rx) = std_mpsc::channel();
         let workers = vec![
             worker("pi0-encoder", runner.clone(), enc_rx, done_tx.clone()),
-            worker("pi0-decoder", runner, dec_rx, done_tx),
+            worker("pi0-decoder", runner.clone(), dec_rx, done_tx),
         ];
         Scheduler {
+            runner,
             sync: ObservationSync::new(SyncConfig::from_settings(&settings)),
             settings,
             now,
@@ -245,6 +247,24 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
                 s.encoder_pct,
                 s.decoder_pct
             );
+        }
+        let split_changed = (old.encoder_pct, old.decoder_pct, old.concurrent)
+            != (s.encoder_pct, s.decoder_pct, s.concurrent);
+        if split_changed {
+            // GPU partitions are prepared off the hot path (graph capture takes a while).
+            let (runner, e, d, c) = (
+                self.runner.clone(),
+                s.encoder_pct,
+                s.decoder_pct,
+                s.concurrent,
+            );
+            tokio::task::spawn_blocking(move || match runner.reconfigure(e, d, c) {
+                Ok(Some(report)) => log::info!("GPU {report}"),
+                Ok(None) => {
+                    log::info!("(this engine has no SM partitions: the split is recorded only)")
+                }
+                Err(err) => log::error!("GPU reconfiguration to {e}/{d} failed: {err}"),
+            });
         }
         // Only live fields change; the rest was fixed at start.
         self.settings.concurrent = s.concurrent;
