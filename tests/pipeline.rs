@@ -280,3 +280,44 @@ fn cuda_backend_matches_cpu_and_reconfigures() {
     }
     assert!(gpu.reconfigure(0, 50, false).is_err());
 }
+
+/// Concurrent mode with `decoder_trigger: timer`: the decoder runs at the control rate on
+/// the newest prefix and joint state, without new inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_trigger_decodes_at_control_rate() {
+    use pi0_mps::pipeline::settings::DecoderTrigger;
+    let r = runner();
+    let mut s = settings();
+    s.concurrent = true;
+    s.decoder_trigger = DecoderTrigger::Timer;
+    s.control_rate_hz = 20.0;
+    let img = Arc::new(r.prepare_image(&image(8, 32, 32, "rgb8").as_raw()).unwrap());
+    let (tx, mut out, task) = scheduler::spawn(r.clone(), s, || NOW);
+    tx.send(Input::Joints(JointSample {
+        stamp: T,
+        positions: vec![0.0; 7],
+    }))
+    .await
+    .unwrap();
+    for camera in 0..2 {
+        tx.send(Input::Frame {
+            camera,
+            stamp: T,
+            image: img.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut indices = Vec::new();
+    for _ in 0..3 {
+        let c = next_chunk(&mut out).await;
+        assert_eq!(c.stamp, T);
+        indices.push(c.index);
+    }
+    assert_eq!(indices, vec![0, 1, 2]);
+    tx.send(Input::Shutdown).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
