@@ -431,10 +431,13 @@ pub fn confinement<E: StageEngine + 'static>(
         p.reconfigure(backend, split, false, false)?;
         let info = p.partition();
         let (es, ds) = p.streams();
+        let (ecs, dcs) = p.capture_streams();
         let e1: BTreeSet<u32> = kernels.probe_sms(&es, false)?;
-        let e2 = kernels.probe_sms(&es, true)?;
+        // Graphs as the pipeline runs them: captured on the capture stream, launched on the
+        // stage's stream.
+        let e2 = kernels.probe_sms_on(&es, Some(&ecs))?;
         let d1 = kernels.probe_sms(&ds, false)?;
-        let d2 = kernels.probe_sms(&ds, true)?;
+        let d2 = kernels.probe_sms_on(&ds, Some(&dcs))?;
         let c = Confinement {
             backend,
             request: split,

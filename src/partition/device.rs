@@ -239,6 +239,8 @@ impl Drop for GreenStage {
 }
 
 enum Owned {
+    /// A capture stream created in a green context (destroyed before the contexts).
+    RawStream(sys::CUstream),
     #[allow(dead_code)] // held for its Drop
     Green(GreenStage),
     /// An MPS execution-affinity context; its stream is owned by the cudarc wrapper.
@@ -258,6 +260,10 @@ pub struct Partition {
     pub shared_sms: u32,
     pub encoder_stream: Arc<CudaStream>,
     pub decoder_stream: Arc<CudaStream>,
+    /// Second streams in the same contexts, for capturing graphs off the hot path (a graph
+    /// keeps the SMs of the context it was captured in, whichever stream launches it).
+    pub encoder_capture_stream: Arc<CudaStream>,
+    pub decoder_capture_stream: Arc<CudaStream>,
     /// Time to create the contexts and streams.
     pub create_ms: f64,
     // Dropped last: the cudarc wrappers above only borrow green streams.
@@ -364,6 +370,8 @@ impl Partition {
             ),
         };
         let ((encoder_stream, encoder_sms), (decoder_stream, decoder_sms)) = (enc, dec);
+        let encoder_capture_stream = capture_stream(&encoder_stream, &mut owned)?;
+        let decoder_capture_stream = capture_stream(&decoder_stream, &mut owned)?;
         ctx.bind_to_thread()
             .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
         let layout = groups
@@ -380,6 +388,8 @@ impl Partition {
             shared_sms,
             encoder_stream,
             decoder_stream,
+            encoder_capture_stream,
+            decoder_capture_stream,
             create_ms: t0.elapsed().as_secs_f64() * 1e3,
             owned,
         };
@@ -404,6 +414,45 @@ impl Partition {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// Another stream in the context (green or not) of `hot`.
+fn capture_stream(hot: &Arc<CudaStream>, owned: &mut Vec<Owned>) -> Result<Arc<CudaStream>> {
+    let ctx = hot.context();
+    ctx.bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+    unsafe {
+        let mut g: sys::CUgreenCtx = std::ptr::null_mut();
+        let r = sys::cuStreamGetGreenCtx(hot.cu_stream(), &mut g);
+        if r == sys::CUresult::CUDA_SUCCESS && !g.is_null() {
+            let mut s: sys::CUstream = std::ptr::null_mut();
+            ck(
+                sys::cuGreenCtxStreamCreate(
+                    &mut s,
+                    g,
+                    sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+                    0,
+                ),
+                "cuGreenCtxStreamCreate (capture stream)",
+            )?;
+            // Destroyed first (before any green context).
+            owned.insert(0, Owned::RawStream(s));
+            return Ok(ctx.wrap_borrowed_stream(s));
+        }
+    }
+    ctx.new_stream()
+        .map_err(|e| Error::Gpu(format!("capture stream: {e}")))
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Owned::RawStream(s) = self {
+            unsafe {
+                sys::cuStreamSynchronize(*s);
+                sys::cuStreamDestroy_v2(*s);
+            }
+        }
     }
 }
 

@@ -132,13 +132,17 @@ impl PreparedSplit {
             Stage::Decoder => &self.dec_graphs,
         }
     }
-    /// Launches the graph of `slot` if one matches `shape`.
+    /// Launches the graph of `slot` on the stage's stream if one matches `shape`.
     fn launch(&self, stage: Stage, slot: usize, shape: Option<u64>) -> Result<bool> {
+        let stream = match stage {
+            Stage::Encoder => &self.partition.encoder_stream,
+            Stage::Decoder => &self.partition.decoder_stream,
+        };
         let Some(k) = shape else { return Ok(false) };
         let g = lock(self.graphs(stage));
         match g.get(slot) {
             Some(Some((gk, graph))) if *gk == k => {
-                graph.launch()?;
+                graph.launch_on(stream)?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -341,6 +345,15 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         )
     }
 
+    /// The graph-capture streams of the current partition (same contexts as `streams()`).
+    pub fn capture_streams(&self) -> (Arc<CudaStream>, Arc<CudaStream>) {
+        let a = lock(&self.inner.swap).current().clone();
+        (
+            a.prepared.partition.encoder_capture_stream.clone(),
+            a.prepared.partition.decoder_capture_stream.clone(),
+        )
+    }
+
     /// Changes the split; takes effect at each stage's next frame boundary. Validates first
     /// (out of range: an error, nothing changes); prepares off the hot path (in this thread).
     pub fn set_split(&self, encoder_pct: u32, decoder_pct: u32) -> Result<SwitchReport> {
@@ -467,9 +480,10 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     /// under the stage's lock (no frame of that stage is being enqueued meanwhile).
     fn capture_one(&self, p: &PreparedSplit, stage: Stage, slot: usize) -> Result<bool> {
         let inner = &self.inner;
-        // Captures only record (no GPU work), so they do not take the stage's lock: the hot
-        // path keeps its turn (std mutexes are unfair: waiting for a busy decoder lock starved
-        // captures for seconds under load). Captures are serialised among themselves.
+        // Captures run on the partition's capture streams (same SMs, never the hot path's
+        // streams) and only record, so they do not take the stage's lock: the hot path keeps
+        // its turn (std mutexes are unfair: waiting for a busy decoder lock starved captures
+        // for seconds under load). Captures are serialised among themselves.
         let _l = lock(&inner.capture_lock);
         let shape = match stage {
             Stage::Encoder => inner.engine.encoder_shape(slot),
@@ -484,10 +498,10 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         let g = match stage {
             Stage::Encoder => inner
                 .engine
-                .capture_encoder(&p.partition.encoder_stream, slot)?,
+                .capture_encoder(&p.partition.encoder_capture_stream, slot)?,
             Stage::Decoder => inner
                 .engine
-                .capture_decoder(&p.partition.decoder_stream, slot)?,
+                .capture_decoder(&p.partition.decoder_capture_stream, slot)?,
         };
         lock(&inner.capture_ms).push(t0.elapsed().as_secs_f64() * 1e3);
         lock(p.graphs(stage))[slot] = Some((k, g));

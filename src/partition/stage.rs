@@ -85,6 +85,19 @@ impl StageGraph {
             .launch()
             .map_err(|e| Error::Gpu(format!("graph launch: {e}")))
     }
+    /// Launches on `stream` (the graph keeps the SMs of the context it was captured in).
+    pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+        let r = unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.cu_stream()) };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(Error::Gpu(format!("cuGraphLaunch: {r:?}")))
+        }
+    }
     pub fn upload(&self) -> Result<()> {
         self.graph
             .upload()

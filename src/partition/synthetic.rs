@@ -150,13 +150,23 @@ impl PartitionKernels {
     /// Runs the probe on `stream` (eagerly, or through a graph captured on `capture_on` and
     /// launched on its own stream) and returns the distinct SMs it ran on.
     pub fn probe_sms(&self, stream: &Arc<CudaStream>, via_graph: bool) -> Result<BTreeSet<u32>> {
+        self.probe_sms_on(stream, via_graph.then_some(stream))
+    }
+
+    /// Like `probe_sms`; with `capture_on`, the probe is captured on that stream and the graph
+    /// launched on `stream` (how the pipeline runs its graphs).
+    pub fn probe_sms_on(
+        &self,
+        stream: &Arc<CudaStream>,
+        capture_on: Option<&Arc<CudaStream>>,
+    ) -> Result<BTreeSet<u32>> {
         let blocks = 528u32; // 4 per SM on a 132-SM H100: plenty to reach every allowed SM
         let out = DevBuf::new(&self.ctx, blocks as usize * 4)?;
         out.fill_u32(stream, u32::MAX, blocks as usize)?;
         stream.synchronize().map_err(gpu("sync"))?;
-        if via_graph {
-            let g = capture(stream, || self.enqueue_probe(stream, &out, blocks, 200_000))?;
-            g.launch()?;
+        if let Some(cs) = capture_on {
+            let g = capture(cs, || self.enqueue_probe(cs, &out, blocks, 200_000))?;
+            g.launch_on(stream)?;
         } else {
             self.enqueue_probe(stream, &out, blocks, 200_000)?;
         }
