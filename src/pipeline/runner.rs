@@ -111,7 +111,7 @@ pub enum EngineHandle {
     /// complete prefix), and the split changes live.
     Partitioned {
         pipe: Box<PartitionedPi0<Pi0Stages>>,
-        cfg: ModelConfig,
+        cfg: Box<ModelConfig>,
     },
 }
 
@@ -137,7 +137,7 @@ impl EngineHandle {
         match self {
             EngineHandle::Cpu(e) => e.config().clone(),
             EngineHandle::Whole(e) => e.lock().expect("engine lock").config().clone(),
-            EngineHandle::Partitioned { cfg, .. } => cfg.clone(),
+            EngineHandle::Partitioned { cfg, .. } => (**cfg).clone(),
         }
     }
 }
@@ -626,7 +626,7 @@ fn load_cuda(settings: &NodeSettings, ckpt: &Path) -> Result<EngineHandle> {
     )?;
     Ok(EngineHandle::Partitioned {
         pipe: Box::new(pipe),
-        cfg,
+        cfg: Box::new(cfg),
     })
 }
 

@@ -798,8 +798,10 @@ mod tests {
 
     #[test]
     fn noise_seed_is_seed_plus_index() {
-        let mut s = NodeSettings::default();
-        s.seed = 40;
+        let s = NodeSettings {
+            seed: 40,
+            ..NodeSettings::default()
+        };
         assert_eq!(s.noise_seed(2), 42);
     }
 
