@@ -12,9 +12,10 @@
 //!                         [--checkpoint DIR] [--seed N] [--remap /node/topic:=/bag/topic]...
 //! pi0-replay compare ACTUAL EXPECTED [--atol 1e-5] [--rtol 1e-4] [--ignore-stamps]
 //! ```
-//! Online replay into a running node (where `ros2 bag play` is missing) is
-//! `tests/ros/bag_play.py BAG [--rate R] [--loop N] [--remap A:=B] [--record /pi0/actions
-//! --record-out DIR]`, an rclpy script that publishes the recorded CDR bytes unchanged.
+//! Online replay into a running node (where `ros2 bag play` is missing):
+//! `pi0-replay play BAG [--rate R] [--loop N] [--remap A:=B] [--restamp] [--record /pi0/actions
+//! --record-out DIR]` ([`online`], needs the `ros` feature), or the same with the rclpy script
+//! `tests/ros/bag_play.py`; both publish the recorded CDR bytes unchanged.
 //!
 //! ```no_run
 //! use pi0_mps::bag::{msgs::SensorMsg, Bag};
@@ -34,6 +35,8 @@ pub mod compressed;
 pub mod generate;
 pub mod metadata;
 pub mod msgs;
+#[cfg(feature = "ros")]
+pub mod online;
 pub mod reader;
 pub mod replay;
 pub mod writer;

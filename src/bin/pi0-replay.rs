@@ -4,6 +4,8 @@
 //! - `generate OUT`: a synthetic camera + joint-state bag (MCAP or sqlite3, metadata v9 or v5).
 //! - `offline BAG -o OUT`: replays BAG through the node's pipeline (same sync, preprocessing and
 //!   engine code, fixed noise seed) and writes the action chunks to the bag OUT.
+//! - `play BAG`: publishes a bag into the ROS graph at the recorded pace, optionally recording
+//!   the node's action chunks (needs the `ros` feature).
 //! - `compare ACTUAL EXPECTED`: chunk-by-chunk comparison of two action bags.
 //!
 //! Exit codes: 0 success / comparison passed, 1 comparison failed, 2 error (message on stderr).
@@ -140,6 +142,45 @@ enum Cmd {
         /// Stop after this many action chunks.
         #[arg(long)]
         max_chunks: Option<usize>,
+    },
+    /// Publish a bag into the ROS graph at the recorded pace (needs the `ros` feature) and
+    /// optionally record the node's action chunks. Exit 1 when --expect / a lockstep step is
+    /// not met.
+    Play {
+        bag: PathBuf,
+        /// Speed factor (2 = twice as fast); 0 = as fast as possible.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Play the bag this many times.
+        #[arg(long = "loop", default_value_t = 1)]
+        loops: usize,
+        /// Publish bag topic FROM as TO: FROM:=TO. Repeatable.
+        #[arg(long = "remap")]
+        remaps: Vec<String>,
+        /// Only these bag topics (comma separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Best-effort publishers (default reliable).
+        #[arg(long)]
+        best_effort: bool,
+        /// Shift header stamps so that they are fresh at publish time.
+        #[arg(long)]
+        restamp: bool,
+        /// Record this JointTrajectory topic...
+        #[arg(long)]
+        record: Option<String>,
+        /// ... into this bag folder (MCAP, metadata v9).
+        #[arg(long)]
+        record_out: Option<PathBuf>,
+        /// Wait until this many messages were recorded.
+        #[arg(long)]
+        expect: Option<usize>,
+        /// Lockstep: after each message of this bag topic, wait for one recorded answer.
+        #[arg(long)]
+        step_topic: Option<String>,
+        /// Seconds to wait for each answer / for --expect / for subscribers.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
     },
     /// Compare two action bags chunk by chunk; exit 1 when they differ.
     Compare {
@@ -294,6 +335,53 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Play {
+            bag,
+            rate,
+            loops,
+            remaps,
+            topics,
+            best_effort,
+            restamp,
+            record,
+            record_out,
+            expect,
+            step_topic,
+            timeout,
+        } => {
+            let remaps = remaps
+                .iter()
+                .map(|r| {
+                    r.split_once(":=")
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| Error::Bag(format!("--remap `{r}`: expected FROM:=TO")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let record = match (record, record_out) {
+                (Some(t), Some(o)) => Some((t, o)),
+                (None, None) => None,
+                _ => return Err(Error::Bag("--record and --record-out go together".into())),
+            };
+            if !(timeout > 0.0 && timeout.is_finite()) {
+                return Err(Error::Bag("--timeout must be positive".into()));
+            }
+            let bag = Bag::open(&bag)?;
+            play(
+                bag,
+                PlayArgs {
+                    rate,
+                    loops,
+                    remaps,
+                    topics,
+                    best_effort,
+                    restamp,
+                    record,
+                    expect,
+                    step_topic,
+                    timeout: std::time::Duration::from_secs_f64(timeout),
+                },
+            )
+        }
         Cmd::Compare {
             actual,
             expected,
@@ -322,6 +410,81 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             })
         }
     }
+}
+
+#[cfg_attr(not(feature = "ros"), allow(dead_code))]
+struct PlayArgs {
+    rate: f64,
+    loops: usize,
+    remaps: Vec<(String, String)>,
+    topics: Vec<String>,
+    best_effort: bool,
+    restamp: bool,
+    record: Option<(String, PathBuf)>,
+    expect: Option<usize>,
+    step_topic: Option<String>,
+    timeout: std::time::Duration,
+}
+
+#[cfg(feature = "ros")]
+fn play(bag: Bag, a: PlayArgs) -> Result<ExitCode> {
+    use pi0_mps::bag::online::{play, PlayOptions};
+    let opts = PlayOptions {
+        rate: a.rate,
+        loops: a.loops,
+        remaps: a.remaps,
+        topics: a.topics,
+        best_effort: a.best_effort,
+        restamp: a.restamp,
+        wait_subscribers: a.timeout.min(std::time::Duration::from_secs(60)),
+        record: a.record.clone(),
+        expect: a.expect,
+        record_timeout: a.timeout,
+        step_topic: a.step_topic,
+        step_timeout: a.timeout,
+        ..Default::default()
+    };
+    let s = play(&bag, &opts)?;
+    print!(
+        "published {} messages from {}",
+        s.published,
+        bag.path.display()
+    );
+    if let Some((t, o)) = &a.record {
+        print!("; recorded {} on {t} into {}", s.recorded, o.display());
+    }
+    println!();
+    let mut ok = s.step_timeouts == 0;
+    if s.step_timeouts > 0 {
+        eprintln!(
+            "pi0-replay: {} lockstep messages got no answer",
+            s.step_timeouts
+        );
+    }
+    if let Some(n) = a.expect {
+        if (s.recorded as usize) < n {
+            eprintln!(
+                "pi0-replay: expected {n} recorded messages, got {}",
+                s.recorded
+            );
+            ok = false;
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(not(feature = "ros"))]
+fn play(_bag: Bag, _a: PlayArgs) -> Result<ExitCode> {
+    Err(Error::Bag(
+        "`play` needs ROS: this pi0-replay was built without the `ros` feature (build it with \
+         `--features ros` in a sourced ROS 2 environment, see scripts/ros-env.sh), or use \
+         tests/ros/bag_play.py (rclpy)"
+            .into(),
+    ))
 }
 
 fn info(path: PathBuf) -> Result<ExitCode> {

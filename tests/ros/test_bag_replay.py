@@ -156,3 +156,49 @@ def test_restamped_replay_feeds_a_node_that_drops_stale_data(tmp_path):
     assert all(b[0] - a[0] >= 100_000_000 for a, b in zip(got, got[1:]))
     for g, w in zip(got, want):
         assert np.max(np.abs(g[2] - w[2])) <= 1e-4 + 1e-4 * np.max(np.abs(w[2]))
+
+
+def test_rust_player_pi0_replay_play(tmp_path):
+    """`pi0-replay play` (r2r, the `ros` feature) does what bag_play.py does."""
+    import pytest
+
+    rb = replay_bin()
+    if not rb:
+        pytest.skip("pi0-replay is not built")
+    probe = subprocess.run([rb, "play", str(INPUT), "--topics", "/no/such/topic"],
+                           capture_output=True, text=True, timeout=60)
+    if "without the `ros` feature" in probe.stderr:
+        pytest.skip("pi0-replay was built without the `ros` feature "
+                    "(scripts/ros-test.sh builds it with --features ros)")
+    assert probe.returncode == 2 and "topic `/no/such/topic` is not in the bag" in probe.stderr, probe.stderr
+    domain = (int(os.environ.get("ROS_DOMAIN_ID", "0")) + 71) % 100 + 1
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RUST_LOG="info")
+    log_path = tmp_path / "node.log"
+    node = subprocess.Popen(
+        [NODE_BIN, "--ros-args", "-r", "__node:=pi0", "--params-file", str(PARAMS),
+         "-p", f"checkpoint:={CHECKPOINT}", "-p", "max_age_s:=0.5"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        end = time.time() + 120
+        while "ready" not in log_path.read_text():
+            assert node.poll() is None, f"node exited {node.returncode}:\n{log_path.read_text()}"
+            assert time.time() < end, "node not ready:\n" + log_path.read_text()
+            time.sleep(0.1)
+        out = tmp_path / "online"
+        p = subprocess.run(
+            [rb, "play", str(INPUT), "--restamp", "--record", "/pi0/actions", "--record-out", str(out),
+             "--expect", "3", "--step-topic", "/camera/image_raw"],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr + "\nnode log:\n" + log_path.read_text()
+        assert "published 15 messages" in p.stdout and "recorded 3 on /pi0/actions" in p.stdout, p.stdout
+    finally:
+        node.send_signal(2)
+        try:
+            node.wait(30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+    r = subprocess.run([rb, "compare", str(out), str(EXPECTED), "--atol", "1e-4", "--rtol", "1e-4",
+                        "--ignore-stamps"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = chunks(out)
+    assert all(g[0] > 1_750_000_000_000_000_000 for g in got), "stamps were not refreshed"
