@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pi0_mps::bag::compare::{compare_bags, read_action_chunks, CompareOptions};
-use pi0_mps::bag::generate::{generate_bag, synthetic_image, synthetic_joints, GenerateOptions};
+use pi0_mps::bag::generate::{
+    generate_bag, synthetic_image, synthetic_joints, to_png, GenerateOptions,
+};
 use pi0_mps::bag::msgs::{self, JointTrajectory};
 use pi0_mps::bag::replay::{chunk_to_trajectory, load_params_file, replay_offline, ReplayOptions};
 use pi0_mps::bag::{Bag, BagWriter, Storage, WriterOptions};
@@ -312,21 +314,6 @@ fn replay_feeds_the_pipeline_what_the_node_would() {
     assert_ne!(c3[1].points, chunks[1].points);
 }
 
-fn png_of(img: &msgs::Image) -> Vec<u8> {
-    assert_eq!(img.encoding, "rgb8");
-    let mut out = Vec::new();
-    {
-        let mut e = png::Encoder::new(&mut out, img.width, img.height);
-        e.set_color(png::ColorType::Rgb);
-        e.set_depth(png::BitDepth::Eight);
-        e.write_header()
-            .unwrap()
-            .write_image_data(&img.data)
-            .unwrap();
-    }
-    out
-}
-
 #[test]
 fn compressed_camera_topics_replay_like_raw_ones() {
     // The stored input with every frame re-encoded as a PNG sensor_msgs/CompressedImage
@@ -350,12 +337,9 @@ fn compressed_camera_topics_replay_like_raw_ones() {
     src.for_each(None, |m| {
         let data = if src.topic(&m).type_name == msgs::IMAGE {
             let img = msgs::Image::decode(&m.data)?;
-            msgs::CompressedImage {
-                header: img.header.clone(),
-                format: "rgb8; png compressed rgb8".into(),
-                data: png_of(&img),
-            }
-            .encode()
+            let c = to_png(&img)?;
+            assert_eq!(c.format, "rgb8; png compressed rgb8");
+            c.encode()
         } else {
             m.data.clone()
         };
@@ -381,4 +365,44 @@ fn compressed_camera_topics_replay_like_raw_ones() {
         png.iter().map(|c| &c.points).collect::<Vec<_>>(),
         raw.iter().map(|c| &c.points).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn generated_png_bags_replay_like_raw_ones() {
+    // `pi0-replay generate --png`: the same frames as lossless CompressedImage; bgr8 is stored
+    // in RGB order and mono8 stays grey, so the replay's chunks are identical.
+    let d = tempfile::tempdir().unwrap();
+    let settings = test_settings();
+    let runner = PolicyRunner::from_settings(&settings).unwrap();
+    for enc in ["bgr8", "mono8"] {
+        let mut chunks = Vec::new();
+        for png in [false, true] {
+            let name = format!("{enc}_{png}");
+            let gen = GenerateOptions {
+                encoding: enc.into(),
+                frames: 2,
+                width: 24,
+                height: 20,
+                png,
+                ..Default::default()
+            };
+            generate_bag(d.path().join(&name), &gen).unwrap();
+            let bag = Bag::open(d.path().join(&name)).unwrap();
+            let cam = &bag.topics[bag.topic_index("/camera/image_raw").unwrap()];
+            let want = if png {
+                msgs::COMPRESSED_IMAGE
+            } else {
+                msgs::IMAGE
+            };
+            assert_eq!(cam.type_name, want);
+            let opts = ReplayOptions {
+                output: d.path().join(format!("out_{name}")),
+                ..Default::default()
+            };
+            let (s, c) = replay_offline(&bag, &runner, &settings, &opts).unwrap();
+            assert_eq!(s.chunks, 2);
+            chunks.push(c.into_iter().map(|c| c.points).collect::<Vec<_>>());
+        }
+        assert_eq!(chunks[0], chunks[1], "{enc}");
+    }
 }

@@ -31,6 +31,8 @@ pub struct GenerateOptions {
     /// earlier so that the first observation has one.
     pub start_ns: i64,
     pub seed: u64,
+    /// Write the cameras as PNG `sensor_msgs/CompressedImage` (lossless) instead of raw images.
+    pub png: bool,
 }
 
 impl Default for GenerateOptions {
@@ -49,6 +51,7 @@ impl Default for GenerateOptions {
             joint_hz: 50.0,
             start_ns: 1_700_000_000_000_000_000,
             seed: 0,
+            png: false,
         }
     }
 }
@@ -199,7 +202,14 @@ pub fn generate_bag(dir: impl AsRef<Path>, opts: &GenerateOptions) -> Result<Bag
     let cams: Vec<usize> = opts
         .camera_topics
         .iter()
-        .map(|t| w.add_topic(t, msgs::IMAGE))
+        .map(|t| {
+            let ty = if opts.png {
+                msgs::COMPRESSED_IMAGE
+            } else {
+                msgs::IMAGE
+            };
+            w.add_topic(t, ty)
+        })
         .collect::<Result<_>>()?;
     let joints = if opts.joints.is_empty() {
         None
@@ -212,8 +222,55 @@ pub fn generate_bag(dir: impl AsRef<Path>, opts: &GenerateOptions) -> Result<Bag
             w.write(joints.expect("joints present"), t, &js.encode())?;
         } else {
             let img = synthetic_image(opts, kind - 1, k, t)?;
-            w.write(cams[kind - 1], t, &img.encode())?;
+            let data = if opts.png {
+                to_png(&img)?.encode()
+            } else {
+                img.encode()
+            };
+            w.write(cams[kind - 1], t, &data)?;
         }
     }
     w.finish()
+}
+
+/// A raw 8-bit image as a PNG `sensor_msgs/CompressedImage` (format as image_transport writes
+/// it: `"<encoding>; png compressed <encoding>"`). bgr8/bgra8 are stored in RGB order, as
+/// OpenCV's encoder does.
+pub fn to_png(img: &Image) -> Result<msgs::CompressedImage> {
+    let (color, ch) = match img.encoding.as_str() {
+        "rgb8" | "bgr8" => (png::ColorType::Rgb, 3),
+        "rgba8" | "bgra8" => (png::ColorType::Rgba, 4),
+        "mono8" => (png::ColorType::Grayscale, 1),
+        other => return Err(Error::Bag(format!("cannot PNG-encode encoding `{other}`"))),
+    };
+    let (w, h) = (img.width as usize, img.height as usize);
+    let mut pixels = Vec::with_capacity(w * h * ch);
+    for row in img.data.chunks(img.step as usize).take(h) {
+        for px in row[..w * ch].chunks_exact(ch) {
+            if img.encoding.starts_with("bgr") {
+                pixels.extend_from_slice(&[px[2], px[1], px[0]]);
+                if ch == 4 {
+                    pixels.push(px[3]);
+                }
+            } else {
+                pixels.extend_from_slice(px);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut out, img.width, img.height);
+        e.set_color(color);
+        e.set_depth(png::BitDepth::Eight);
+        let mut wr = e
+            .write_header()
+            .map_err(|e| Error::Bag(format!("PNG encoding: {e}")))?;
+        wr.write_image_data(&pixels)
+            .map_err(|e| Error::Bag(format!("PNG encoding: {e}")))?;
+    }
+    Ok(msgs::CompressedImage {
+        header: img.header.clone(),
+        format: format!("{0}; png compressed {0}", img.encoding),
+        data: out,
+    })
 }

@@ -106,6 +106,9 @@ enum Cmd {
         /// Seed of the synthetic content.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Cameras as PNG sensor_msgs/CompressedImage instead of raw sensor_msgs/Image.
+        #[arg(long)]
+        png: bool,
     },
     /// Replay a bag through the node's pipeline (no ROS) and write the action chunks to a bag.
     Offline {
@@ -234,6 +237,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             joint_hz,
             start_ns,
             seed,
+            png,
         } => {
             let opts = GenerateOptions {
                 writer: output.writer(),
@@ -249,6 +253,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 joint_hz,
                 start_ns,
                 seed,
+                png,
             };
             let m = generate_bag(&out, &opts)?;
             println!(
