@@ -183,8 +183,6 @@ fn run_all<E: StageEngine + 'static>(
 ) -> pi0_mps::Result<()> {
     let ctx = p.context().clone();
     let kernels = PartitionKernels::load(&ctx)?;
-    let p = p;
-    let work = work;
     let layout = pi0_mps::partition::pipeline::device_layout(&ctx)?;
     println!(
         "device: {} SMs, green contexts: {} groups of {} + {} left over",
@@ -346,7 +344,7 @@ fn run_all<E: StageEngine + 'static>(
         let t = bench::report(&res);
         println!(
             "\n## six-way benchmark ({} iterations, {} engine)\n{t}",
-            args.iterations, "synthetic"
+            args.iterations, args.engine
         );
         write(args, &format!("bench-{}-{pb}.md", args.engine), &t);
         write(

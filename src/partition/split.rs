@@ -358,12 +358,11 @@ mod tests {
     };
 
     fn sms(b: Backend, e: u32, d: u32) -> (u32, u32, u32) {
-        let p = plan(b, SplitRequest::new(e, d).unwrap(), H100).unwrap();
-        (
-            p.encoder_sms(&H100),
-            p.decoder_sms(&H100),
-            p.shared_sms(&H100),
-        )
+        sms_on(H100, b, e, d)
+    }
+    fn sms_on(l: SmLayout, b: Backend, e: u32, d: u32) -> (u32, u32, u32) {
+        let p = plan(b, SplitRequest::new(e, d).unwrap(), l).unwrap();
+        (p.encoder_sms(&l), p.decoder_sms(&l), p.shared_sms(&l))
     }
 
     #[test]
