@@ -89,3 +89,33 @@ impl StageEngine for Pi0Stages {
         (l > 0 && c > 0).then_some(((l as u64) << 32) | c as u64)
     }
 }
+
+impl super::PartitionedPi0<Pi0Stages> {
+    /// The partitioned pipeline around a `Pi0Cuda` (on the engine's context). `chunk` is the
+    /// action chunk length the caller will use (for sizing reports; noise sets the real one).
+    pub fn from_engine(
+        engine: Pi0Cuda,
+        chunk: usize,
+        opts: super::PipelineOptions,
+    ) -> Result<Self> {
+        let ctx = engine.context().clone();
+        super::PartitionedPi0::new(ctx, Pi0Stages::new(engine, chunk), opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::{ActionChunk, PartitionedPi0, SwitchReport};
+
+    fn send_sync<T: Send + Sync>() {}
+
+    /// The ROS node drives the pipeline from tokio tasks: it must be shareable across threads.
+    #[test]
+    fn pipeline_is_send_and_sync() {
+        send_sync::<PartitionedPi0<Pi0Stages>>();
+        send_sync::<PartitionedPi0<crate::partition::synthetic::SyntheticStages>>();
+        send_sync::<ActionChunk>();
+        send_sync::<SwitchReport>();
+    }
+}
