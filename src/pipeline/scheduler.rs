@@ -295,6 +295,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
                 self.enc_busy = false;
                 match r {
                     Ok(p) => {
+                        log::debug!("prefix of {} ready ({:.1} ms)", p.stamp, p.encoder_ms);
                         self.counters.encodes += 1;
                         if self.settings.concurrent {
                             self.prefix = Some(Arc::new(p));
@@ -341,6 +342,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
         }
         if !self.enc_busy {
             if let Some(obs) = self.sync.poll_images(now) {
+                log::debug!("encode {}", obs.stamp);
                 let job = Job::Encode {
                     obs,
                     prompt: self.settings.prompt.clone(),
@@ -372,6 +374,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
             return;
         }
         self.tick_due = false;
+        log::debug!("decode joints {} on prefix {}", joints.stamp, prefix.stamp);
         self.last_decoded_joints = Some(joints.stamp);
         let index = self.take_index();
         if let Some(tx) = &self.dec_tx {

@@ -197,7 +197,7 @@ def test_concurrent_mode_live(ros, node):
     assert diag["concurrent"] == "true"
     assert diag["image_stamp_ns"] == str(stamp_img)
     # Control rate: each new joint state is decoded against the same prefix.
-    stamp_js2 = stamp_js + 50_000_000
+    stamp_js2 = h.now_ns()  # fresh (max_age_s = 0.5): the offline check above took a while
     h.publish_joints(stamp_js2, [0.5] * 7)
     traj2 = h.trajectory_at(stamp_js2)
     assert_matches_offline(h, traj2, stamp_js2, images, [0.5] * 7)
