@@ -153,6 +153,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                 encoder_solo: bench::Summary::of(&e),
                 decoder_solo: bench::Summary::of(&d),
                 decoder_loaded: None,
+                streaming_encoder_period_ms: None,
             };
             println!("native forward: p50 {:.3} ms p99 {:.3} ms (encoder {:.3} ms, decoder {:.3} ms GPU time)", l.p50, l.p99, native.encoder_solo.p50, native.decoder_solo.p50);
             let ctx = eng.context().clone();

@@ -77,6 +77,9 @@ pub struct ConfigResult {
     pub decoder_solo: Summary,
     /// Decoder while the encoder runs flat out on its own partition (concurrent configs).
     pub decoder_loaded: Option<Summary>,
+    /// Streaming: time per encoded observation while the decoder runs back to back (the
+    /// camera-rate frame period of the streaming pipeline).
+    pub streaming_encoder_period_ms: Option<f64>,
 }
 
 /// Runs `iterations` frames of `p` in its current configuration and the stage measurements.
@@ -125,10 +128,11 @@ pub fn measure<E: StageEngine + 'static>(
         }
         Summary::of(&v)
     };
-    let decoder_loaded = if info.concurrent {
-        Some(decoder_under_load(p, work, iterations.max(20))?)
+    let (decoder_loaded, streaming_encoder_period_ms) = if info.concurrent {
+        let (d, e) = streaming_under_load(p, work, iterations.max(20))?;
+        (Some(d), Some(e))
     } else {
-        None
+        (None, None)
     };
     Ok(ConfigResult {
         name: name.into(),
@@ -143,6 +147,7 @@ pub fn measure<E: StageEngine + 'static>(
         encoder_solo,
         decoder_solo,
         decoder_loaded,
+        streaming_encoder_period_ms,
     })
 }
 
@@ -152,6 +157,16 @@ pub fn decoder_under_load<E: StageEngine + 'static>(
     work: &Workload,
     n: usize,
 ) -> Result<Summary> {
+    streaming_under_load(p, work, n).map(|r| r.0)
+}
+
+/// Decoder latency while the encoder runs flat out, and the encoder's period meanwhile
+/// (observations encoded per unit of time).
+pub fn streaming_under_load<E: StageEngine + 'static>(
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    n: usize,
+) -> Result<(Summary, f64)> {
     let stop = AtomicBool::new(false);
     let res = std::thread::scope(|s| {
         let feeder = s.spawn(|| -> Result<()> {
@@ -164,6 +179,8 @@ pub fn decoder_under_load<E: StageEngine + 'static>(
             Ok(())
         });
         std::thread::sleep(Duration::from_millis(50));
+        let enc0 = p.stream_stats().encoded;
+        let t0 = Instant::now();
         let mut v = Vec::with_capacity(n);
         let mut err = None;
         for i in 0..n {
@@ -175,6 +192,8 @@ pub fn decoder_under_load<E: StageEngine + 'static>(
                 }
             }
         }
+        let period =
+            t0.elapsed().as_secs_f64() * 1e3 / (p.stream_stats().encoded - enc0).max(1) as f64;
         stop.store(true, Ordering::Relaxed);
         let f = feeder
             .join()
@@ -182,7 +201,7 @@ pub fn decoder_under_load<E: StageEngine + 'static>(
         f?;
         match err {
             Some(e) => Err(e),
-            None => Ok(Summary::of(&v)),
+            None => Ok((Summary::of(&v), period)),
         }
     });
     // Let the last submitted observation finish before the next measurement.
@@ -285,13 +304,13 @@ pub fn report(results: &[ConfigResult]) -> String {
         .unwrap_or(f64::NAN);
     let _ = writeln!(
         s,
-        "| configuration | backend | split | enc SMs | dec SMs | latency p50 / p99 ms | frame period ms | vs baseline | obs→action p50 ms | enc solo ms | dec solo ms | dec while enc runs p50 / p99 ms |"
+        "| configuration | backend | split | enc SMs | dec SMs | latency p50 / p99 ms | frame period ms | vs baseline | obs→action p50 ms | enc solo ms | dec solo ms | dec while enc runs p50 / p99 ms | streaming obs period ms |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.3} | {:+.1}% | {} | {:.3} | {:.3} | {} |",
+            "| {} | {} | {} | {} | {} | {:.3} / {:.3} | {:.3} | {:+.1}% | {} | {:.3} | {:.3} | {} | {} |",
             r.name,
             r.backend,
             r.request,
@@ -308,6 +327,9 @@ pub fn report(results: &[ConfigResult]) -> String {
             r.decoder_solo.p50,
             r.decoder_loaded
                 .map(|x| format!("{:.3} / {:.3}", x.p50, x.p99))
+                .unwrap_or_else(|| "-".into()),
+            r.streaming_encoder_period_ms
+                .map(|x| format!("{x:.3}"))
                 .unwrap_or_else(|| "-".into()),
         );
     }
@@ -357,6 +379,13 @@ pub fn report(results: &[ConfigResult]) -> String {
                 solo,
                 if loaded <= 1.5 * solo { "PASS" } else { "FAIL" },
             );
+            if let Some(sp) = rec.streaming_encoder_period_ms {
+                let _ = writeln!(
+                    s,
+                    "streaming (decoder back to back, encoder flat out): one new observation every {sp:.3} ms = {:.2} × sequential forward",
+                    sp / seq
+                );
+            }
         }
     }
     s
@@ -383,6 +412,7 @@ pub fn to_json(results: &[ConfigResult]) -> String {
             "obs_to_action": r.obs_to_action.as_ref().map(sm),
             "encoder_solo": sm(&r.encoder_solo), "decoder_solo": sm(&r.decoder_solo),
             "decoder_loaded": r.decoder_loaded.as_ref().map(sm),
+            "streaming_encoder_period_ms": r.streaming_encoder_period_ms,
         });
         s.push_str(&v.to_string());
         s.push('\n');
