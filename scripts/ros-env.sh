@@ -49,7 +49,18 @@ numpy pytest"
 
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "ros-env: creating $venv with the ROS 2 Jazzy wheels (about 60 MB, first run only)" >&2
-        [ -x "$venv/bin/python" ] || "$py" -m venv "$venv" >&2 || return 1
+        if [ ! -x "$venv/bin/python" ] && ! "$py" -m venv "$venv" >&2; then
+            # Debian's python3 needs python3-venv (ensurepip) for this.
+            rm -rf "$venv"
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+                echo "ros-env: installing python3-venv" >&2
+                (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv) >&2 \
+                    && "$py" -m venv "$venv" >&2 || return 1
+            else
+                echo "ros-env: '$py -m venv' failed (install python3-venv)" >&2
+                return 1
+            fi
+        fi
         # shellcheck disable=SC2086
         "$venv/bin/python" -m pip install -q --disable-pip-version-check ${want#v2 } >&2 || {
             echo "ros-env: pip install failed" >&2
@@ -72,11 +83,16 @@ numpy pytest"
             if [ -e "$d/$soname" ]; then pylib="$d"; break; fi
         done
     fi
+    if [ ! -e "$pylib/$soname" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "ros-env: installing libpython3.11 ($soname not found)" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpython3.11) >&2 || true
+        [ -e /usr/lib/x86_64-linux-gnu/$soname ] && pylib=/usr/lib/x86_64-linux-gnu
+    fi
     if [ ! -e "$pylib/$soname" ]; then
         echo "ros-env: $soname not found (apt-get install libpython3.11)" >&2
         return 1
     fi
-    libs="$(ls -d "$venv"/lib/python3.11/site-packages/ros_*.libs 2>/dev/null | paste -sd: -)"
+    libs="$(ls -d "$venv"/lib/python3.11/site-packages/ros_*.libs 2>/dev/null | paste -sd: - || true)"
 
     export AMENT_PREFIX_PATH="$venv"
     export ROS_DISTRO=jazzy
