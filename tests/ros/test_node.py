@@ -235,3 +235,17 @@ def test_signal_during_inference_exits_zero(ros, node, tmp_path, sig):
     assert rc == 0, log
     assert "panicked" not in log, log
     assert "shutting down" in log, log
+
+
+def test_invalid_launch_parameter_is_refused_at_start(tmp_path):
+    # A bad value in the params file / -p stops the node with the reason (exit code 2).
+    log_path = str(tmp_path / "bad.log")
+    proc = start_node(log_path, extra=["-p", "encoder_pct:=150", "-r", "__ns:=/bad"])
+    try:
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = open(log_path).read()
+    assert rc == 2, log
+    assert "encoder_pct must be in 1..100" in log, log
