@@ -86,9 +86,11 @@ impl GemmaConfig {
             "gemma_300m" => (1024, 18, 4096),
             "dummy" => (64, 4, 128),
             "dummy_asym" => (32, 4, 96),
-            other => return Err(Error::Config(format!(
+            other => {
+                return Err(Error::Config(format!(
                 "unknown gemma variant `{other}` (known: gemma_2b, gemma_300m, dummy, dummy_asym)"
-            ))),
+            )))
+            }
         };
         let head_dim = if width >= 1024 { 256 } else { 16 };
         Ok(GemmaConfig {
