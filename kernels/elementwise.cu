@@ -4,7 +4,7 @@
 // Images [nv][S][S][3] f32 in [-1,1] -> patch rows [nv*T][pd_pad] bf16 ordered (c, ky, kx) like
 // the conv weight (out, 3, p, p); also seeds the residual x with the position embedding.
 extern "C" __global__ void patchify_k(const float* __restrict__ img, bf16_t* __restrict__ patches,
-                                      const bf16_t* __restrict__ pos, bf16_t* __restrict__ x,
+                                      const bf16_t* __restrict__ pos, float* __restrict__ x,
                                       int S, int p, int pd_pad, int W) {
     const int tok = blockIdx.x;
     const int side = S / p, T = side * side;
@@ -19,15 +19,15 @@ extern "C" __global__ void patchify_k(const float* __restrict__ img, bf16_t* __r
         }
         patches[(size_t)tok * pd_pad + i] = f2b(val);
     }
-    for (int i = threadIdx.x; i < W; i += blockDim.x) x[(size_t)tok * W + i] = pos[(size_t)t * W + i];
+    for (int i = threadIdx.x; i < W; i += blockDim.x) x[(size_t)tok * W + i] = b2f(pos[(size_t)t * W + i]);
 }
 
-// Prompt token rows: embedding x scale (sqrt(width)), rounded to bf16.
+// Prompt token rows of the fp32 residual stream: embedding x scale (sqrt(width)).
 extern "C" __global__ void embed_k(const int* __restrict__ ids, const bf16_t* __restrict__ table,
-                                   bf16_t* __restrict__ out, int width, float scale) {
+                                   float* __restrict__ out, int width, float scale) {
     const size_t id = (size_t)ids[blockIdx.x];
     for (int i = threadIdx.x; i < width; i += blockDim.x)
-        out[(size_t)blockIdx.x * width + i] = f2b(b2f(table[id * width + i]) * scale);
+        out[(size_t)blockIdx.x * width + i] = b2f(table[id * width + i]) * scale;
 }
 
 // h = gelu_tanh(gate) * up; gu rows are [gate (F) | up (F)]. 8 outputs per thread.
@@ -60,8 +60,8 @@ extern "C" __global__ void gelu_mul_k(const bf16_t* __restrict__ gu, bf16_t* __r
 // Block 0 also copies the state token row into the residual's row 0.
 extern "C" __global__ void action_in_k(const float* __restrict__ x_t, const float* __restrict__ wf,
                                        const float* __restrict__ tb, bf16_t* __restrict__ out,
-                                       const bf16_t* __restrict__ state_row,
-                                       bf16_t* __restrict__ x0, int A, int E) {
+                                       const float* __restrict__ state_row,
+                                       float* __restrict__ x0, int A, int E) {
     __shared__ float xs[128];
     const int c = blockIdx.x;
     for (int a = threadIdx.x; a < A; a += blockDim.x) xs[a] = x_t[(size_t)c * A + a];
@@ -78,27 +78,27 @@ extern "C" __global__ void action_in_k(const float* __restrict__ x_t, const floa
 
 // State token: out = W_state . state + b (f32 weights), one block.
 extern "C" __global__ void state_proj_k(const float* __restrict__ state, const float* __restrict__ w,
-                                        const float* __restrict__ b, bf16_t* __restrict__ out,
+                                        const float* __restrict__ b, float* __restrict__ out,
                                         int A, int E) {
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         float acc = b[e];
         for (int a = 0; a < A; a++) acc += w[(size_t)e * A + a] * state[a];
-        out[e] = f2b(acc);
+        out[e] = acc;
     }
 }
 
 // Final expert RMSNorm ((1+w) folded into W) + action_out_proj + Euler step, one block per action
 // row: x_t[c] += dt * (rmsnorm(x[c]) . W^T + b). x_t stays fp32.
-extern "C" __global__ void out_euler_k(const bf16_t* __restrict__ x, const float* __restrict__ w,
+extern "C" __global__ void out_euler_k(const float* __restrict__ x, const float* __restrict__ w,
                                        const float* __restrict__ b, float* __restrict__ x_t,
                                        int E, int A, float eps, float dt) {
     extern __shared__ float row[];
     __shared__ float red[32];
     const int c = blockIdx.x;
-    const bf16_t* xr = x + (size_t)c * E;
+    const float* xr = x + (size_t)c * E;
     float s = 0.f;
     for (int i = threadIdx.x; i < E; i += blockDim.x) {
-        float v = b2f(xr[i]);
+        float v = xr[i];
         row[i] = v;
         s += v * v;
     }

@@ -14,12 +14,12 @@ use pi0_mps::model::checkpoint;
 /// bf16 engine vs openpi fp32 actions.
 const GOLDEN_REL: f64 = 1e-2;
 
-fn run_golden(name: &str, dir: &std::path::Path) {
+fn run_golden(name: &str, dir: &std::path::Path, opts: GpuOptions) {
     let loaded = checkpoint::load(dir).unwrap();
     let g = read_golden(dir);
     let (input, noise) = golden_input(&g);
     let want = &g["actions_fp32"].data;
-    let mut eng = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
+    let mut eng = Pi0Cuda::new(&loaded, opts).unwrap();
     let eager = eng.forward_eager(&input, &noise).unwrap();
     let (rel, max) = rel_l2(&eager, want);
     println!("{name}: eager vs actions_fp32 rel L2 {rel:.3e}, max |d| {max:.3e}");
@@ -53,7 +53,7 @@ fn gpu_golden_pi0_tiny() {
     if skip("gpu_golden_pi0_tiny") {
         return;
     }
-    run_golden("pi0-tiny", &tiny_dir());
+    run_golden("pi0-tiny", &tiny_dir(), GpuOptions::default());
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn gpu_golden_pi0_tiny_asym() {
         );
         return;
     }
-    run_golden("pi0-tiny-asym", &dir);
+    run_golden("pi0-tiny-asym", &dir, GpuOptions::default());
 }
 
 /// Stage API on a second stream and the second slots gives the forward result; so does a stream
@@ -93,7 +93,13 @@ fn gpu_stage_api_slots_and_green_context() {
         .unwrap();
     eng.enqueue_decoder(&s2, 1, 1).unwrap();
     let got = eng.download_actions(&s2, 1).unwrap();
-    assert_eq!(got, want, "slot 1 / decoder 1 on another stream");
+    // Slots tune their cuBLASLt algorithms independently: equal up to rounding.
+    let (rel, _) = rel_l2(&got, &want.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    println!("slot 1 / decoder 1 on another stream vs forward: rel {rel:.3e}");
+    assert!(
+        rel < 1e-3,
+        "slot 1 / decoder 1 on another stream differs: {rel}"
+    );
 
     let gs = green_stream(&ctx, 16).expect("green context");
     let gstream = unsafe { ctx.wrap_borrowed_stream(gs.1) };

@@ -55,10 +55,6 @@ impl DBuf {
             "cuMemcpyHtoD",
         )
     }
-    /// Address of element `i` of type T.
-    pub fn at<T>(&self, i: usize) -> u64 {
-        self.ptr + (i * std::mem::size_of::<T>()) as u64
-    }
 }
 
 impl Drop for DBuf {
@@ -71,7 +67,6 @@ impl Drop for DBuf {
 /// Pinned host staging memory.
 pub struct Pinned {
     ptr: *mut u8,
-    pub bytes: usize,
 }
 unsafe impl Send for Pinned {}
 unsafe impl Sync for Pinned {}
@@ -81,7 +76,7 @@ impl Pinned {
         let bytes = bytes.max(64);
         // SAFETY: page-locked host allocation, freed on drop.
         let ptr = drv(unsafe { dr::malloc_host(bytes, 0) }, "cuMemHostAlloc")? as *mut u8;
-        Ok(Pinned { ptr, bytes })
+        Ok(Pinned { ptr })
     }
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr
@@ -190,7 +185,6 @@ kernels! {
     ActionIn = "action_in_k",
     StateProj = "state_proj_k",
     OutEuler = "out_euler_k",
-    Skinny = "skinny_gemm_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.

@@ -141,7 +141,7 @@ pub struct Pi0Cuda {
     w: Weights,
     pslots: Vec<PrefixSlot>,
     dslots: Vec<DecoderSlot>,
-    graphs: Mutex<HashMap<(u8, usize, usize, usize, usize), StageGraph>>,
+    graphs: Mutex<HashMap<GraphKey, StageGraph>>,
     name: String,
 }
 
@@ -153,6 +153,9 @@ impl std::fmt::Debug for Pi0Cuda {
             .finish()
     }
 }
+
+/// (stage, slot, decoder slot, views or prefix length, prompt tokens or chunk).
+type GraphKey = (u8, usize, usize, usize, usize);
 
 /// Stage timings of one `forward_timed` call, milliseconds of GPU time.
 #[derive(Clone, Copy, Debug, Default)]
@@ -217,7 +220,7 @@ impl Pi0Cuda {
         let stream = drv(ctx.new_stream(), "creating a stream")?;
         let kernels = Kernels::load(major, minor)?;
         let lth = LtHandle::new()?;
-        let w = Weights::load(cfg, src)?;
+        let w = Weights::load(cfg, src, false)?;
 
         let v = &cfg.vision;
         let tpv = v.tokens_per_view();
@@ -263,14 +266,14 @@ impl Pi0Cuda {
                 staging: Pinned::new(img_bytes + max_prompt.max(1) * 4)?,
                 staged: Event::new()?,
                 patches: DBuf::new(tv * w.pd_pad * bf)?,
-                xv: DBuf::new(tv * wv * bf)?,
+                xv: DBuf::new(tv * wv * 4)?,
                 xvn: DBuf::new(tv * wv * bf)?,
                 qkv_v: DBuf::new(tv * 3 * wv * bf)?,
                 s_v: DBuf::new(max_views * v.num_heads * tpv * tpv * 4)?,
                 p_v: DBuf::new(max_views * v.num_heads * tpv * tpv * bf)?,
                 attn_v: DBuf::new(tv * wv * bf)?,
                 h_v: DBuf::new(tv * fv * bf)?,
-                xl: DBuf::new(pmax * wl * bf)?,
+                xl: DBuf::new(pmax * wl * 4)?,
                 xln: DBuf::new(pmax * wl * bf)?,
                 qkv_l: DBuf::new(pmax * d.qkv_l * bf)?,
                 q_l: DBuf::new(pmax * heads * hd * bf)?,
@@ -298,16 +301,16 @@ impl Pi0Cuda {
                 state: DBuf::new(a * 4)?,
                 staging: Pinned::new((max_chunk + 1) * a * 4)?,
                 staged: Event::new()?,
-                state_row: DBuf::new(we * bf)?,
-                x: DBuf::new(rows * we * bf)?,
+                state_row: DBuf::new(we * 4)?,
+                x: DBuf::new(rows * we * 4)?,
                 xn: DBuf::new(rows * we * bf)?,
-                hin: DBuf::new(max_chunk * we * bf)?,
                 qkv: DBuf::new(rows * d.qkv_e * bf)?,
+                gu: DBuf::new(rows * 2 * fe * bf)?,
+                hin: DBuf::new(max_chunk * we * bf)?,
                 q: DBuf::new(rows * heads * hd * bf)?,
                 s: DBuf::new(rows * heads * r8(kvmax) * 4)?,
                 p: DBuf::new(rows * heads * r8(kvmax) * bf)?,
                 attn: DBuf::new(rows * heads * hd * bf)?,
-                gu: DBuf::new(rows * 2 * fe * bf)?,
                 h: DBuf::new(rows * fe * bf)?,
                 k: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
                 v: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
@@ -344,6 +347,14 @@ impl Pi0Cuda {
     }
     pub fn kernels_from_cache(&self) -> bool {
         self.kernels.from_cache
+    }
+    /// NVRTC target of the loaded kernels (sm_90a on Hopper) and their disk-cache file.
+    pub fn kernel_target(&self) -> (&str, Option<&std::path::Path>) {
+        (&self.kernels.arch, self.kernels.cache_file.as_deref())
+    }
+    /// t of each flow step (1.0, 0.9, ... accumulated in f32 like openpi).
+    pub fn timesteps(&self) -> &[f32] {
+        &self.w.times
     }
     pub fn prefix_slots(&self) -> usize {
         self.pslots.len()
@@ -572,27 +583,34 @@ impl Pi0Cuda {
         lt.matmul(
             h,
             s,
-            Gemm::linear(t, wv, pd).bias().residual(),
+            Gemm::linear(t, wv, pd).bias().residual().f32out(),
             p.patches.ptr,
             self.w.patch_w.ptr,
             p.xv.ptr,
             self.w.patch_b.ptr,
             1.0,
         )?;
-        let ln = |x: u64, y: u64| {
+        let ln = |x: u64, y: u64, g: u64, b: u64| {
             self.launch(
                 s,
                 K::LayerNorm,
                 t as u32,
                 256,
                 (wv * 4) as u32,
-                &[A::P(x), A::P(y), A::I(wv as i32), A::F(eps)],
+                &[
+                    A::P(x),
+                    A::P(y),
+                    A::I(wv as i32),
+                    A::F(eps),
+                    A::P(g),
+                    A::P(b),
+                ],
             )
         };
         let scale = 1.0 / (dv as f32).sqrt();
         let sv = (tpv * tpv) as i64;
         for l in &self.w.vis {
-            ln(p.xv.ptr, p.xvn.ptr)?;
+            ln(p.xv.ptr, p.xvn.ptr, l.ln1_g.ptr, l.ln1_b.ptr)?;
             lt.matmul(
                 h,
                 s,
@@ -651,14 +669,14 @@ impl Pi0Cuda {
             lt.matmul(
                 h,
                 s,
-                Gemm::linear(t, wv, wv).bias().residual(),
+                Gemm::linear(t, wv, wv).bias().residual().f32out(),
                 p.attn_v.ptr,
                 l.o_w.ptr,
                 p.xv.ptr,
                 l.o_b.ptr,
                 1.0,
             )?;
-            ln(p.xv.ptr, p.xvn.ptr)?;
+            ln(p.xv.ptr, p.xvn.ptr, l.ln2_g.ptr, l.ln2_b.ptr)?;
             lt.matmul(
                 h,
                 s,
@@ -672,7 +690,7 @@ impl Pi0Cuda {
             lt.matmul(
                 h,
                 s,
-                Gemm::linear(t, wv, fv).bias().residual(),
+                Gemm::linear(t, wv, fv).bias().residual().f32out(),
                 p.h_v.ptr,
                 l.fc2_w.ptr,
                 p.xv.ptr,
@@ -680,12 +698,12 @@ impl Pi0Cuda {
                 1.0,
             )?;
         }
-        ln(p.xv.ptr, p.xvn.ptr)?;
+        ln(p.xv.ptr, p.xvn.ptr, self.w.post_g.ptr, self.w.post_b.ptr)?;
         let wl = self.cfg.llm.width;
         lt.matmul(
             h,
             s,
-            Gemm::linear(t, wl, wv).bias(),
+            Gemm::linear(t, wl, wv).bias().f32out(),
             p.xvn.ptr,
             self.w.proj_w.ptr,
             p.xl.ptr,
@@ -720,7 +738,7 @@ impl Pi0Cuda {
                 &[
                     A::P(p.tokens.ptr),
                     A::P(self.w.embed.ptr),
-                    A::P(p.xl.ptr + (tv * wl) as u64 * bf),
+                    A::P(p.xl.ptr + (tv * wl) as u64 * 4),
                     A::I(wl as i32),
                     A::F(self.cfg.embed_scale()),
                 ],
@@ -744,6 +762,7 @@ impl Pi0Cuda {
                     A::P(p.xln.ptr),
                     A::I(wl as i32),
                     A::F(g.rms_norm_eps),
+                    A::P(l.pre.ptr),
                 ],
             )?;
             lt.matmul(
@@ -825,7 +844,7 @@ impl Pi0Cuda {
             lt.matmul(
                 h,
                 s,
-                Gemm::linear(pl, wl, hh * hd).residual(),
+                Gemm::linear(pl, wl, hh * hd).residual().f32out(),
                 p.attn_l.ptr,
                 l.o_w.ptr,
                 p.xl.ptr,
@@ -843,6 +862,7 @@ impl Pi0Cuda {
                     A::P(p.xln.ptr),
                     A::I(wl as i32),
                     A::F(g.rms_norm_eps),
+                    A::P(l.post.ptr),
                 ],
             )?;
             lt.matmul(
@@ -872,7 +892,7 @@ impl Pi0Cuda {
             lt.matmul(
                 h,
                 s,
-                Gemm::linear(pl, wl, fl).residual(),
+                Gemm::linear(pl, wl, fl).residual().f32out(),
                 p.h_l.ptr,
                 l.down_w.ptr,
                 p.xl.ptr,
@@ -968,7 +988,7 @@ impl Pi0Cuda {
                 A::I(we as i32),
             ],
         )?;
-        let x1 = ds.x.ptr + we as u64 * bf;
+        let x1 = ds.x.ptr + we as u64 * 4;
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(
@@ -991,7 +1011,7 @@ impl Pi0Cuda {
             lt.matmul(
                 h,
                 s,
-                Gemm::linear(c, we, we).bias(),
+                Gemm::linear(c, we, we).bias().f32out(),
                 ds.hin.ptr,
                 self.w.mlp_out_w.ptr,
                 x1,
@@ -1001,17 +1021,24 @@ impl Pi0Cuda {
             for (i, l) in self.w.exp.iter().enumerate() {
                 let kl = ds.k.ptr + i as u64 * dec_layer;
                 let vl = ds.v.ptr + i as u64 * dec_layer;
-                let rn = |x: u64, y: u64| {
+                let krow = (pl * hd) as u64 * bf;
+                let rn = |x: u64, y: u64, sc: u64| {
                     self.launch(
                         s,
                         K::RmsNorm,
                         rows as u32,
                         256,
                         (we * 4) as u32,
-                        &[A::P(x), A::P(y), A::I(we as i32), A::F(g.rms_norm_eps)],
+                        &[
+                            A::P(x),
+                            A::P(y),
+                            A::I(we as i32),
+                            A::F(g.rms_norm_eps),
+                            A::P(sc),
+                        ],
                     )
                 };
-                rn(ds.x.ptr, ds.xn.ptr)?;
+                rn(ds.x.ptr, ds.xn.ptr, l.pre.ptr)?;
                 lt.matmul(
                     h,
                     s,
@@ -1032,8 +1059,8 @@ impl Pi0Cuda {
                         A::P(ds.qkv.ptr),
                         A::I(qkvw as i32),
                         A::P(ds.q.ptr),
-                        A::P(kl + (pl * hd) as u64 * bf),
-                        A::P(vl + (pl * hd) as u64 * bf),
+                        A::P(kl + krow),
+                        A::P(vl + krow),
                         A::I(hh as i32),
                         A::I(1),
                         A::I(hd as i32),
@@ -1088,14 +1115,14 @@ impl Pi0Cuda {
                 lt.matmul(
                     h,
                     s,
-                    Gemm::linear(rows, we, hh * hd).residual(),
+                    Gemm::linear(rows, we, hh * hd).residual().f32out(),
                     ds.attn.ptr,
                     l.o_w.ptr,
                     ds.x.ptr,
                     0,
                     1.0,
                 )?;
-                rn(ds.x.ptr, ds.xn.ptr)?;
+                rn(ds.x.ptr, ds.xn.ptr, l.post.ptr)?;
                 lt.matmul(
                     h,
                     s,
@@ -1123,7 +1150,7 @@ impl Pi0Cuda {
                 lt.matmul(
                     h,
                     s,
-                    Gemm::linear(rows, we, fe).residual(),
+                    Gemm::linear(rows, we, fe).residual().f32out(),
                     ds.h.ptr,
                     l.down_w.ptr,
                     ds.x.ptr,

@@ -77,6 +77,11 @@ impl Gemm {
         self.accumulate = true;
         self
     }
+    /// fp32 output (the residual streams, attention logits).
+    pub fn f32out(mut self) -> Self {
+        self.out_f32 = true;
+        self
+    }
     pub fn ld(mut self, ldx: usize, ldw: usize, ldy: usize) -> Self {
         self.ldx = ldx;
         self.ldw = ldw;
@@ -97,6 +102,8 @@ struct Plan {
     lb: ls::cublasLtMatrixLayout_t,
     ld: ls::cublasLtMatrixLayout_t,
     algo: ls::cublasLtMatmulAlgo_t,
+    /// Heuristic candidates still to be timed (empty once tuned).
+    candidates: Vec<ls::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -135,6 +142,10 @@ pub struct LtCache {
     plans: HashMap<Key, Plan>,
     pub workspace: u64,
     pub workspace_bytes: usize,
+    /// Time the heuristic's top candidates once per shape (outside graph capture) and keep the
+    /// fastest.
+    pub autotune: bool,
+    scratch: Option<super::device::DBuf>,
 }
 // SAFETY: descriptors are only touched under the owning slot's lock.
 unsafe impl Send for LtCache {}
@@ -153,6 +164,8 @@ impl LtCache {
             plans: HashMap::new(),
             workspace,
             workspace_bytes,
+            autotune: false,
+            scratch: None,
         }
     }
 
@@ -188,7 +201,11 @@ impl LtCache {
             ],
         };
         let (ws, wsb) = (self.workspace, self.workspace_bytes);
-        let plan = self.plan(h, key)?;
+        self.plan(h, key)?;
+        if self.autotune && !self.plans[&key].candidates.is_empty() && !capturing(stream) {
+            self.tune(h, stream, key, x, w, bias, alpha)?;
+        }
+        let plan = &self.plans[&key];
         if g.epi != Epi::None {
             // SAFETY: desc is valid; the attribute is a device pointer value.
             unsafe {
@@ -230,6 +247,117 @@ impl LtCache {
                 "matmul",
             )
         }
+    }
+}
+
+fn capturing(stream: ds::CUstream) -> bool {
+    let mut st = ds::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: plain query on a valid stream.
+    let r = unsafe { ds::cuStreamIsCapturing(stream, &mut st) };
+    r != ds::CUresult::CUDA_SUCCESS
+        || st != ds::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+}
+
+impl LtCache {
+    /// Times each candidate algorithm (3 runs after a warm-up, into a scratch output) and keeps
+    /// the fastest. Runs once per shape, during warm-up.
+    #[allow(clippy::too_many_arguments)]
+    fn tune(
+        &mut self,
+        h: &LtHandle,
+        stream: ds::CUstream,
+        key: Key,
+        x: u64,
+        w: u64,
+        bias: u64,
+        alpha: f32,
+    ) -> Result<()> {
+        let g = key.g;
+        let esz = if g.out_f32 { 4 } else { 2 };
+        let extent = ((g.batch.max(1) - 1) as i64 * g.stride_y
+            + (g.m as i64 - 1) * g.ldy as i64
+            + g.n as i64) as usize
+            * esz;
+        if self.scratch.as_ref().is_none_or(|b| b.bytes < extent + 256) {
+            self.scratch = Some(super::device::DBuf::new(extent + 256)?);
+        }
+        let y = self.scratch.as_ref().unwrap().ptr;
+        // Keep the scratch output as aligned as the real one.
+        let (ws, wsb) = (self.workspace, self.workspace_bytes);
+        let plan = self.plans.get_mut(&key).unwrap();
+        let cands = std::mem::take(&mut plan.candidates);
+        if g.epi != Epi::None {
+            // SAFETY: as in `matmul`.
+            unsafe {
+                let bp = bias as *const c_void;
+                lt(
+                    lr::set_matmul_desc_attribute(
+                        plan.desc,
+                        ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                        &bp as *const _ as *const c_void,
+                        std::mem::size_of::<*const c_void>(),
+                    ),
+                    "bias pointer",
+                )?;
+            }
+        }
+        let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
+        let mut ev = [std::ptr::null_mut(); 2];
+        for e in ev.iter_mut() {
+            // SAFETY: plain creation.
+            unsafe { ds::cuEventCreate(e, 0) };
+        }
+        let mut best = (f32::INFINITY, plan.algo);
+        for algo in cands {
+            let run = |n: usize| -> bool {
+                (0..n).all(|_| {
+                    // SAFETY: as in `matmul`, output into the scratch buffer.
+                    unsafe {
+                        lr::matmul(
+                            h.0,
+                            plan.desc,
+                            &alpha as *const f32 as *const c_void,
+                            &beta as *const f32 as *const c_void,
+                            w as *const c_void,
+                            plan.la,
+                            x as *const c_void,
+                            plan.lb,
+                            y as *const c_void,
+                            plan.ld,
+                            y as *mut c_void,
+                            plan.ld,
+                            &algo,
+                            ws as *mut c_void,
+                            wsb,
+                            stream as ls::cudaStream_t,
+                        )
+                        .is_ok()
+                    }
+                })
+            };
+            if !run(1) {
+                continue;
+            }
+            let mut ms = 0f32;
+            // SAFETY: events and stream are valid; the stream is not capturing.
+            let ok = unsafe {
+                ds::cuEventRecord(ev[0], stream);
+                let ok = run(3);
+                ds::cuEventRecord(ev[1], stream);
+                ds::cuEventSynchronize(ev[1]);
+                ds::cuEventElapsedTime_v2(&mut ms, ev[0], ev[1]);
+                ok
+            };
+            if ok && ms < best.0 {
+                best = (ms, algo);
+            }
+        }
+        for e in ev {
+            // SAFETY: created above.
+            unsafe { ds::cuEventDestroy_v2(e) };
+        }
+        plan.algo = best.1;
+        Ok(())
     }
 }
 
@@ -279,7 +407,8 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
             std::mem::size_of_val(&epi),
         )?;
         if g.epi != Epi::None {
-            let bt = bf;
+            // Bias in the output's type (f32 biases for the f32 residual stream).
+            let bt = out_t;
             set(
                 DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
                 &bt as *const _ as *const c_void,
@@ -359,20 +488,45 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
                 "pref align",
             )?;
         }
-        let r = lr::get_matmul_algo_heuristic(h.0, desc, la, lb, ld, ld, pref);
+        let mut res: [ls::cublasLtMatmulHeuristicResult_t; 8] = std::mem::zeroed();
+        let mut count = 0i32;
+        let r = ls::cublasLtMatmulAlgoGetHeuristic(
+            h.0,
+            desc,
+            la,
+            lb,
+            ld,
+            ld,
+            pref,
+            8,
+            res.as_mut_ptr(),
+            &mut count,
+        );
         let _ = lr::destroy_matmul_pref(pref);
-        r.map_err(|e| {
-            Error::Gpu(format!(
-                "cuBLASLt has no algorithm for {g:?} (align {:?}): {e:?}",
+        let ok: Vec<ls::cublasLtMatmulAlgo_t> = res[..count.max(0) as usize]
+            .iter()
+            .filter(|r| r.state == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|r| r.algo)
+            .collect();
+        if r != ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS || ok.is_empty() {
+            return Err(Error::Gpu(format!(
+                "cuBLASLt has no algorithm for {g:?} (align {:?}): {r:?}",
                 key.align
-            ))
-        })?
+            )));
+        }
+        ok
+    };
+    let candidates = if heur.len() > 1 {
+        heur.clone()
+    } else {
+        Vec::new()
     };
     Ok(Plan {
         desc,
         la,
         lb,
         ld,
-        algo: heur.algo,
+        algo: heur[0],
+        candidates,
     })
 }

@@ -1,10 +1,13 @@
 //! The CUDA engine: π0 on one NVIDIA GPU through cudarc (driver API, cuBLASLt, NVRTC).
 //!
-//! * Weights are uploaded once in bf16 with the exact folds of pi0-model.md §6 item 4
-//!   (norm scales in weights, action-in ∘ time-MLP pre-multiplied, per-step time-bias table,
-//!   final norm in the out-proj, last LLM layer K/V only, masked views and padding dropped).
-//! * Activations are bf16 with fp32 accumulation; softmax, norms and RoPE in fp32; the Euler
-//!   state x_t stays fp32.
+//! * Weights are uploaded once in bf16 with exact folds from pi0-model.md §6 item 4
+//!   (action-in ∘ time-MLP pre-multiplied in f64, per-step time-bias table, final norm and dt
+//!   in the fp32 out-proj + Euler kernel, last LLM layer K/V only, masked views and prompt
+//!   padding dropped). Norm scales are applied in fp32 by the norm kernels instead of being
+//!   folded into the bf16 weights: folding re-rounds every weight and cost accuracy.
+//! * GEMM inputs are bf16 with fp32 accumulation; the residual streams (vision, LLM, expert)
+//!   are kept in fp32 (GEMMs accumulate into them with beta = 1); softmax, norms and RoPE in
+//!   fp32; the Euler state x_t stays fp32.
 //! * Kernels (kernels/*.cu) are compiled by NVRTC for the GPU in use (sm_90a on Hopper), cached
 //!   on disk by source hash + arch + driver, and loaded context-independently so they launch on
 //!   green-context streams too.

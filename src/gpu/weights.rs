@@ -1,8 +1,10 @@
 //! Device weights: read once from a checkpoint (or drawn at random), folded exactly on the host
 //! (pi0-model.md §6 item 4), converted to bf16 and uploaded.
 //!
-//! Folds: LayerNorm γ/β into the next GEMM (W·diag(γ), b + W·β); Gemma (1 + w) norms into the
-//! next GEMM's input columns; q|k|v and gate|up concatenated; action_in ∘ action_time_mlp_in
+//! Norm scales (LayerNorm γ/β, Gemma 1 + w) are applied in fp32 by the norm kernels, not folded
+//! into the bf16 weights (folding adds a bf16 rounding of every weight: on full-size random
+//! weights it cost ~1e-2 of rel L2 against the f32 reference). Folds kept: q|k|v and gate|up
+//! concatenated; action_in ∘ action_time_mlp_in
 //! pre-multiplied with the time embedding and all biases in a per-step table; the expert's final
 //! norm into action_out_proj (kept fp32 with the Euler update).
 
@@ -87,6 +89,11 @@ impl WeightSource for RandomSource {
 }
 
 pub struct VisionLayer {
+    /// LayerNorm 1 / 2 gamma and beta (f32, applied in the norm kernel).
+    pub ln1_g: DBuf,
+    pub ln1_b: DBuf,
+    pub ln2_g: DBuf,
+    pub ln2_b: DBuf,
     pub qkv_w: DBuf,
     pub qkv_b: DBuf,
     pub o_w: DBuf,
@@ -98,6 +105,9 @@ pub struct VisionLayer {
 }
 
 pub struct GemmaLayer {
+    /// (1 + w) of the input / post-attention RMSNorms (f32, applied in the norm kernel).
+    pub pre: DBuf,
+    pub post: DBuf,
     pub qkv_w: DBuf,
     pub o_w: DBuf,
     pub gu_w: DBuf,
@@ -111,9 +121,13 @@ pub struct Weights {
     pub pos: DBuf,
     pub pd_pad: usize,
     pub vis: Vec<VisionLayer>,
-    /// Projector with the vision post-LayerNorm folded in.
+    /// Projector with the vision post-LayerNorm folded in. Biases of GEMMs that write the fp32
+    /// residual streams (patch, o, fc2, projector, action_time_mlp_out) are f32, the others bf16.
     pub proj_w: DBuf,
     pub proj_b: DBuf,
+    /// Vision post-LayerNorm gamma / beta.
+    pub post_g: DBuf,
+    pub post_b: DBuf,
     pub embed: DBuf,
     pub llm: Vec<GemmaLayer>,
     pub exp: Vec<GemmaLayer>,
@@ -148,20 +162,6 @@ fn scale_cols(w: &mut [f32], s: &[f32]) {
     });
 }
 
-/// LayerNorm (γ, β) folded into a following linear layer W [n][k], b [n].
-fn fold_ln(w: &mut [f32], b: &mut [f32], gamma: &[f32], beta: &[f32]) {
-    let k = gamma.len();
-    b.par_iter_mut().zip(w.par_chunks(k)).for_each(|(bi, row)| {
-        let s: f64 = row
-            .iter()
-            .zip(beta)
-            .map(|(&x, &be)| x as f64 * be as f64)
-            .sum();
-        *bi = (*bi as f64 + s) as f32;
-    });
-    scale_cols(w, gamma);
-}
-
 /// The sin/cos time embedding of openpi (`posemb_sincos`), in f64.
 pub fn time_embedding(t: f64, dim: usize, min_p: f64, max_p: f64) -> Vec<f64> {
     let half = dim / 2;
@@ -181,7 +181,9 @@ pub fn time_embedding(t: f64, dim: usize, min_p: f64, max_p: f64) -> Vec<f64> {
 }
 
 impl Weights {
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+    /// `skinny_decoder`: lay out the expert's q|k|v and gate|up rows for the skinny GEMM's fused
+    /// epilogues (`qkv_rope_order`, `gate_up_order`).
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, skinny_decoder: bool) -> Result<Self> {
         let v = &cfg.vision;
         let (wv, fv) = (v.width, v.mlp_dim);
         let vd = v.num_heads * v.head_dim;
@@ -197,14 +199,14 @@ impl Weights {
             pw_pad[r * pd_pad..r * pd_pad + pd].copy_from_slice(&pw[r * pd..(r + 1) * pd]);
         }
         let patch_w = up_bf16(&pw_pad)?;
-        let patch_b = up_bf16(&src.f32(&format!("{emb}.patch_embedding.bias"), &[wv])?)?;
+        let patch_b = DBuf::from_slice(&src.f32(&format!("{emb}.patch_embedding.bias"), &[wv])?)?;
         let pos = up_bf16(&src.f32(
             &format!("{emb}.position_embedding.weight"),
             &[v.tokens_per_view(), wv],
         )?)?;
 
         // Vision layers: fold on the host in parallel, upload in order.
-        let host: Vec<Result<[Vec<f32>; 8]>> = (0..v.depth)
+        let host: Vec<Result<[Vec<f32>; 12]>> = (0..v.depth)
             .into_par_iter()
             .map(|i| {
                 let t = |leaf: &str, shape: &[usize]| src.f32(&keys::vision_layer(i, leaf), shape);
@@ -214,56 +216,51 @@ impl Weights {
                     qkv_w.extend(t(&format!("self_attn.{p}.weight"), &[vd, wv])?);
                     qkv_b.extend(t(&format!("self_attn.{p}.bias"), &[vd])?);
                 }
-                fold_ln(
-                    &mut qkv_w,
-                    &mut qkv_b,
-                    &t("layer_norm1.weight", &[wv])?,
-                    &t("layer_norm1.bias", &[wv])?,
-                );
-                let o_w = t("self_attn.out_proj.weight", &[wv, vd])?;
-                let o_b = t("self_attn.out_proj.bias", &[wv])?;
-                let mut fc1_w = t("mlp.fc1.weight", &[fv, wv])?;
-                let mut fc1_b = t("mlp.fc1.bias", &[fv])?;
-                fold_ln(
-                    &mut fc1_w,
-                    &mut fc1_b,
-                    &t("layer_norm2.weight", &[wv])?,
-                    &t("layer_norm2.bias", &[wv])?,
-                );
-                let fc2_w = t("mlp.fc2.weight", &[wv, fv])?;
-                let fc2_b = t("mlp.fc2.bias", &[wv])?;
-                Ok([qkv_w, qkv_b, o_w, o_b, fc1_w, fc1_b, fc2_w, fc2_b])
+                Ok([
+                    t("layer_norm1.weight", &[wv])?,
+                    t("layer_norm1.bias", &[wv])?,
+                    t("layer_norm2.weight", &[wv])?,
+                    t("layer_norm2.bias", &[wv])?,
+                    qkv_w,
+                    qkv_b,
+                    t("self_attn.out_proj.weight", &[wv, vd])?,
+                    t("self_attn.out_proj.bias", &[wv])?,
+                    t("mlp.fc1.weight", &[fv, wv])?,
+                    t("mlp.fc1.bias", &[fv])?,
+                    t("mlp.fc2.weight", &[wv, fv])?,
+                    t("mlp.fc2.bias", &[wv])?,
+                ])
             })
             .collect();
         let mut vis = Vec::new();
         for h in host {
             let h = h?;
             vis.push(VisionLayer {
-                qkv_w: up_bf16(&h[0])?,
-                qkv_b: up_bf16(&h[1])?,
-                o_w: up_bf16(&h[2])?,
-                o_b: up_bf16(&h[3])?,
-                fc1_w: up_bf16(&h[4])?,
-                fc1_b: up_bf16(&h[5])?,
-                fc2_w: up_bf16(&h[6])?,
-                fc2_b: up_bf16(&h[7])?,
+                ln1_g: DBuf::from_slice(&h[0])?,
+                ln1_b: DBuf::from_slice(&h[1])?,
+                ln2_g: DBuf::from_slice(&h[2])?,
+                ln2_b: DBuf::from_slice(&h[3])?,
+                qkv_w: up_bf16(&h[4])?,
+                qkv_b: up_bf16(&h[5])?,
+                o_w: up_bf16(&h[6])?,
+                o_b: DBuf::from_slice(&h[7])?,
+                fc1_w: up_bf16(&h[8])?,
+                fc1_b: up_bf16(&h[9])?,
+                fc2_w: up_bf16(&h[10])?,
+                fc2_b: DBuf::from_slice(&h[11])?,
             });
         }
         let wl = cfg.llm.width;
-        let mut proj_w = src.f32(&format!("{}.weight", keys::PROJECTOR), &[wl, wv])?;
-        let mut proj_b = src.f32(&format!("{}.bias", keys::PROJECTOR), &[wl])?;
-        fold_ln(
-            &mut proj_w,
-            &mut proj_b,
-            &src.f32(&format!("{}.post_layernorm.weight", keys::VISION), &[wv])?,
-            &src.f32(&format!("{}.post_layernorm.bias", keys::VISION), &[wv])?,
-        );
-        let proj_w = up_bf16(&proj_w)?;
-        let proj_b = up_bf16(&proj_b)?;
+        let proj_w = up_bf16(&src.f32(&format!("{}.weight", keys::PROJECTOR), &[wl, wv])?)?;
+        let proj_b = DBuf::from_slice(&src.f32(&format!("{}.bias", keys::PROJECTOR), &[wl])?)?;
+        let post_g =
+            DBuf::from_slice(&src.f32(&format!("{}.post_layernorm.weight", keys::VISION), &[wv])?)?;
+        let post_b =
+            DBuf::from_slice(&src.f32(&format!("{}.post_layernorm.bias", keys::VISION), &[wv])?)?;
         let embed = DBuf::from_slice(&src.bf16(keys::EMBED_TOKENS, &[cfg.vocab_size, wl])?)?;
 
-        let llm = load_gemma(src, keys::LLM, &cfg.llm)?;
-        let exp = load_gemma(src, keys::EXPERT, &cfg.expert)?;
+        let llm = load_gemma(src, keys::LLM, &cfg.llm, false)?;
+        let exp = load_gemma(src, keys::EXPERT, &cfg.expert, skinny_decoder)?;
 
         // Heads.
         let (e, a) = (cfg.expert.width, cfg.action_dim);
@@ -335,6 +332,8 @@ impl Weights {
             vis,
             proj_w,
             proj_b,
+            post_g,
+            post_b,
             embed,
             llm,
             exp,
@@ -343,7 +342,7 @@ impl Weights {
             wf: DBuf::from_slice(&wf)?,
             tb: DBuf::from_slice(&tb)?,
             mlp_out_w: up_bf16(&ow)?,
-            mlp_out_b: up_bf16(&ob)?,
+            mlp_out_b: DBuf::from_slice(&ob)?,
             out_w: DBuf::from_slice(&out_w)?,
             out_b: DBuf::from_slice(&pb)?,
             times,
@@ -352,16 +351,51 @@ impl Weights {
     }
 }
 
+/// Row order of the expert's q|k|v weight for the skinny GEMM's RoPE epilogue: per head (q heads,
+/// then the k head) blocks of 8 dims of the first half followed by the same 8 dims of the second
+/// half; then v in natural order.
+pub fn qkv_rope_order(heads: usize, hd: usize) -> Vec<usize> {
+    let half = hd / 2;
+    let mut rows = Vec::with_capacity((heads + 2) * hd);
+    for h in 0..=heads {
+        for b in 0..half / 8 {
+            rows.extend((0..8).map(|i| h * hd + b * 8 + i));
+            rows.extend((0..8).map(|i| h * hd + half + b * 8 + i));
+        }
+    }
+    rows.extend((heads + 1) * hd..(heads + 2) * hd);
+    rows
+}
+
+/// Row order of gate|up for the GELU epilogue: blocks of 8 gate rows then the same 8 up rows.
+pub fn gate_up_order(f: usize) -> Vec<usize> {
+    let mut rows = Vec::with_capacity(2 * f);
+    for b in 0..f / 8 {
+        rows.extend(b * 8..b * 8 + 8);
+        rows.extend(f + b * 8..f + b * 8 + 8);
+    }
+    rows
+}
+
+fn permute_rows(w: &[f32], width: usize, order: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for &r in order {
+        out.extend_from_slice(&w[r * width..(r + 1) * width]);
+    }
+    out
+}
+
 fn load_gemma(
     src: &dyn WeightSource,
     prefix: &str,
     g: &crate::model::config::GemmaConfig,
+    skinny: bool,
 ) -> Result<Vec<GemmaLayer>> {
     let (w, f, qd, kd) = (g.width, g.mlp_dim, g.q_dim(), g.kv_dim());
     let mut out = Vec::new();
     // Fold a few layers at a time to bound host memory on full-size models.
     for chunk in (0..g.depth).collect::<Vec<_>>().chunks(6) {
-        let host: Vec<Result<[Vec<bf16>; 4]>> = chunk
+        let host: Vec<Result<([Vec<f32>; 2], [Vec<bf16>; 4])>> = chunk
             .par_iter()
             .map(|&i| {
                 let t = |leaf: &str, shape: &[usize]| {
@@ -378,23 +412,30 @@ fn load_gemma(
                 let mut qkv = t("self_attn.q_proj.weight", &[qd, w])?;
                 qkv.extend(t("self_attn.k_proj.weight", &[kd, w])?);
                 qkv.extend(t("self_attn.v_proj.weight", &[kd, w])?);
-                scale_cols(&mut qkv, &pre);
                 let mut gu = t("mlp.gate_proj.weight", &[f, w])?;
                 gu.extend(t("mlp.up_proj.weight", &[f, w])?);
-                scale_cols(&mut gu, &post);
+                if skinny {
+                    qkv = permute_rows(&qkv, w, &qkv_rope_order(g.num_heads, g.head_dim));
+                    gu = permute_rows(&gu, w, &gate_up_order(f));
+                }
                 let cv =
                     |v: Vec<f32>| -> Vec<bf16> { v.into_par_iter().map(bf16::from_f32).collect() };
-                Ok([
-                    cv(qkv),
-                    cv(t("self_attn.o_proj.weight", &[w, qd])?),
-                    cv(gu),
-                    cv(t("mlp.down_proj.weight", &[w, f])?),
-                ])
+                Ok((
+                    [pre, post],
+                    [
+                        cv(qkv),
+                        cv(t("self_attn.o_proj.weight", &[w, qd])?),
+                        cv(gu),
+                        cv(t("mlp.down_proj.weight", &[w, f])?),
+                    ],
+                ))
             })
             .collect();
         for h in host {
-            let h = h?;
+            let (n, h) = h?;
             out.push(GemmaLayer {
+                pre: DBuf::from_slice(&n[0])?,
+                post: DBuf::from_slice(&n[1])?,
                 qkv_w: DBuf::from_slice(&h[0])?,
                 o_w: DBuf::from_slice(&h[1])?,
                 gu_w: DBuf::from_slice(&h[2])?,
