@@ -164,6 +164,14 @@ fn pipelined_forward_uses_previous_prefix() {
         p.partition().encoder_sms + p.partition().decoder_sms,
         p.total_sms()
     );
+    // An explicit split partitions even after the pipeline was set to `none`.
+    p.reconfigure(Backend::None, req(100, 100), true, true)
+        .unwrap();
+    let d = p
+        .forward_mps(&w.inputs[3], &w.noise[3], 70, 30, true)
+        .unwrap();
+    assert_eq!(p.partition().backend, Backend::Green);
+    assert_eq!((d.encoder_sms, d.decoder_sms), (92, 40));
 }
 
 #[test]

@@ -198,6 +198,9 @@ struct Inner<E: StageEngine> {
     total_sms: u32,
     green: Option<GreenGroups>,
     green_err: Option<String>,
+    /// The backend `forward_mps` partitions with when the current one is `none`: the last
+    /// partitioning backend configured (green unless the options said mps).
+    partition_backend: Mutex<Backend>,
     cache: Mutex<BoundedCache<PlanKey, Arc<PreparedSplit>>>,
     swap: Mutex<FrameBoundarySwap<Active>>,
     slots: Mutex<Slots>,
@@ -283,6 +286,11 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             total_sms,
             green,
             green_err,
+            partition_backend: Mutex::new(if opts.backend == Backend::Mps {
+                Backend::Mps
+            } else {
+                Backend::Green
+            }),
             cache: Mutex::new(BoundedCache::new(opts.cache_capacity)),
             swap: Mutex::new(FrameBoundarySwap::new(Active {
                 prepared: placeholder,
@@ -437,6 +445,9 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             },
             if hit { " (cached)" } else { "" }
         );
+        if backend != Backend::None {
+            *lock(&inner.partition_backend) = backend;
+        }
         inner.slots_cv.notify_all();
         Ok(SwitchReport {
             generation,
@@ -774,8 +785,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     ) -> Result<ActionChunk> {
         let req = SplitRequest::new(encoder_pct, decoder_pct)?;
         let cur = self.partition();
-        if cur.request != req || cur.concurrent != concurrent {
-            self.reconfigure(cur.backend, req, concurrent, cur.use_graphs)?;
+        // An explicit split always partitions: on `none`, use the partitioning backend.
+        let backend = match cur.backend {
+            Backend::None if !req.is_whole() => *lock(&self.inner.partition_backend),
+            b => b,
+        };
+        if cur.request != req || cur.concurrent != concurrent || cur.backend != backend {
+            self.reconfigure(backend, req, concurrent, cur.use_graphs)?;
         }
         self.forward(input, noise)
     }
