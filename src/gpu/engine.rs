@@ -20,6 +20,21 @@ use crate::model::config::ModelConfig;
 
 const WORKSPACE: usize = 32 << 20;
 
+/// cos/sin of pos / base^(2i/d) for pos < positions, i < d/2, computed in f64 (float2 pairs).
+fn rope_table(positions: usize, d: usize, base: f32) -> Result<DBuf> {
+    let half = d / 2;
+    let mut t = Vec::with_capacity(positions * half * 2);
+    for pos in 0..positions {
+        for i in 0..half {
+            let ts = (base as f64).powf(2.0 * i as f64 / d as f64);
+            let a = pos as f64 / ts;
+            t.push(a.cos() as f32);
+            t.push(a.sin() as f32);
+        }
+    }
+    DBuf::from_slice(&t)
+}
+
 fn r8(x: usize) -> usize {
     x.div_ceil(8) * 8
 }
@@ -142,6 +157,9 @@ pub struct Pi0Cuda {
     pslots: Vec<PrefixSlot>,
     dslots: Vec<DecoderSlot>,
     graphs: Mutex<HashMap<GraphKey, StageGraph>>,
+    /// RoPE cos/sin tables [position][head_dim / 2] (float2) for the LLM and the expert.
+    rope_llm: DBuf,
+    rope_exp: DBuf,
     name: String,
 }
 
@@ -245,7 +263,7 @@ impl Pi0Cuda {
         };
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
         if smem_row > 48 * 1024 {
-            for k in [K::LayerNorm, K::RmsNorm, K::OutEuler] {
+            for k in [K::OutEuler] {
                 kernels.set_max_smem(k, smem_row, ctx.cu_device())?;
             }
         }
@@ -319,7 +337,11 @@ impl Pi0Cuda {
                 lt: Mutex::new(lt),
             });
         }
+        let rope_llm = rope_table(kvmax, hd, cfg.llm.rope_max_wavelength)?;
+        let rope_exp = rope_table(kvmax, hd, cfg.expert.rope_max_wavelength)?;
         Ok(Pi0Cuda {
+            rope_llm,
+            rope_exp,
             cfg: cfg.clone(),
             opts,
             d,
@@ -594,9 +616,9 @@ impl Pi0Cuda {
             self.launch(
                 s,
                 K::LayerNorm,
-                t as u32,
+                t.div_ceil(8) as u32,
                 256,
-                (wv * 4) as u32,
+                0,
                 &[
                     A::P(x),
                     A::P(y),
@@ -604,6 +626,7 @@ impl Pi0Cuda {
                     A::F(eps),
                     A::P(g),
                     A::P(b),
+                    A::I(t as i32),
                 ],
             )
         };
@@ -754,15 +777,16 @@ impl Pi0Cuda {
             self.launch(
                 s,
                 K::RmsNorm,
-                pl as u32,
+                pl.div_ceil(8) as u32,
                 256,
-                (wl * 4) as u32,
+                0,
                 &[
                     A::P(p.xl.ptr),
                     A::P(p.xln.ptr),
                     A::I(wl as i32),
                     A::F(g.rms_norm_eps),
                     A::P(l.pre.ptr),
+                    A::I(pl as i32),
                 ],
             )?;
             lt.matmul(
@@ -775,12 +799,12 @@ impl Pi0Cuda {
                 0,
                 1.0,
             )?;
-            self.launch(
-                s,
+            self.kernels.launch(
                 K::Rope,
-                pl as u32,
+                (pl as u32, (hh + 2) as u32, 1),
                 128,
                 0,
+                s,
                 &[
                     A::P(p.qkv_l.ptr),
                     A::I(qkvw as i32),
@@ -791,7 +815,7 @@ impl Pi0Cuda {
                     A::I(1),
                     A::I(hd as i32),
                     A::I(0),
-                    A::F(g.rope_max_wavelength),
+                    A::P(self.rope_llm.ptr),
                 ],
             )?;
             if i + 1 == self.w.llm.len() {
@@ -854,15 +878,16 @@ impl Pi0Cuda {
             self.launch(
                 s,
                 K::RmsNorm,
-                pl as u32,
+                pl.div_ceil(8) as u32,
                 256,
-                (wl * 4) as u32,
+                0,
                 &[
                     A::P(p.xl.ptr),
                     A::P(p.xln.ptr),
                     A::I(wl as i32),
                     A::F(g.rms_norm_eps),
                     A::P(l.post.ptr),
+                    A::I(pl as i32),
                 ],
             )?;
             lt.matmul(
@@ -1026,15 +1051,16 @@ impl Pi0Cuda {
                     self.launch(
                         s,
                         K::RmsNorm,
-                        rows as u32,
+                        rows.div_ceil(8) as u32,
                         256,
-                        (we * 4) as u32,
+                        0,
                         &[
                             A::P(x),
                             A::P(y),
                             A::I(we as i32),
                             A::F(g.rms_norm_eps),
                             A::P(sc),
+                            A::I(rows as i32),
                         ],
                     )
                 };
@@ -1049,12 +1075,12 @@ impl Pi0Cuda {
                     0,
                     1.0,
                 )?;
-                self.launch(
-                    s,
+                self.kernels.launch(
                     K::Rope,
-                    rows as u32,
+                    (rows as u32, (hh + 2) as u32, 1),
                     128,
                     0,
+                    s,
                     &[
                         A::P(ds.qkv.ptr),
                         A::I(qkvw as i32),
@@ -1065,7 +1091,7 @@ impl Pi0Cuda {
                         A::I(1),
                         A::I(hd as i32),
                         A::I(pl as i32),
-                        A::F(g.rope_max_wavelength),
+                        A::P(self.rope_exp.ptr),
                     ],
                 )?;
                 let qr = rows * hh;
