@@ -13,10 +13,11 @@ cd "$root"
 source scripts/ros-env.sh
 echo "ros-test: building the node (target dir $CARGO_TARGET_DIR)"
 t0=$(date +%s)
-cargo build --features ros --bin pi0 --bin pi0-offline
+cargo build --features ros --bin pi0 --bin pi0-offline --bin pi0-replay
 echo "ros-test: build took $(( $(date +%s) - t0 )) s"
 export PI0_NODE_BIN="$CARGO_TARGET_DIR/debug/pi0"
 export PI0_OFFLINE_BIN="$CARGO_TARGET_DIR/debug/pi0-offline"
+export PI0_REPLAY_BIN="$CARGO_TARGET_DIR/debug/pi0-replay"
 PI0_TEST_CACHE="$(mktemp -d /tmp/pi0-ros-test.XXXXXX)"
 export PI0_TEST_CACHE
 export ROS_LOG_DIR="$PI0_TEST_CACHE/ros-log"
