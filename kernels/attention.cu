@@ -31,15 +31,16 @@ extern "C" __global__ void rope_qkv_k(const bf16_t* __restrict__ qkv, int ld,
 #define SM_MAXC 32  // register-resident row up to 1024 keys
 
 // Row softmax in fp32 (logits already scaled), one warp per row, probabilities stored bf16.
-// Rows < masked_rows see only the first masked_len keys (the state token of the suffix);
-// the rest of their row is written as 0 so that the following P.V GEMM can use `len` keys.
+// Rows see the first `valid` keys; rows < masked_rows only the first masked_len (the state
+// token of the suffix). Probabilities of the keys up to `len` (a multiple of 8 >= valid, so
+// the following P.V GEMM gets an aligned K) are written as 0.
 extern "C" __global__ void softmax_k(const float* __restrict__ s, long long lds,
                                      bf16_t* __restrict__ p, long long ldp, int rows, int len,
-                                     int masked_rows, int masked_len) {
+                                     int valid, int masked_rows, int masked_len) {
     const int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (r >= rows) return;
-    const int n = (r < masked_rows) ? masked_len : len;
+    const int n = (r < masked_rows) ? masked_len : valid;
     const float* sr = s + (size_t)r * lds;
     bf16_t* pr = p + (size_t)r * ldp;
     if (n <= 32 * SM_MAXC) {

@@ -46,8 +46,9 @@ pub(crate) struct Dims {
     pub max_views: usize,
     pub max_prompt: usize,
     pub max_chunk: usize,
-    pub pmax: usize,
-    pub kvmax: usize,
+    /// K/V cache rows per layer (prefix slot / decoder slot), padded to a multiple of 8.
+    pub pmax_pad: usize,
+    pub kvmax_pad: usize,
     pub heads: usize,
     pub hd: usize,
     pub qkv_l: usize,
@@ -254,8 +255,8 @@ impl Pi0Cuda {
             max_views,
             max_prompt,
             max_chunk,
-            pmax,
-            kvmax,
+            pmax_pad: r8(pmax),
+            kvmax_pad: r8(kvmax),
             heads,
             hd,
             qkv_l: (heads + 2) * hd,
@@ -300,8 +301,8 @@ impl Pi0Cuda {
                 attn_l: DBuf::new(pmax * heads * hd * bf)?,
                 gu_l: DBuf::new(pmax * 2 * fl * bf)?,
                 h_l: DBuf::new(pmax * fl * bf)?,
-                k: DBuf::new(cfg.llm.depth * pmax * hd * bf)?,
-                v: DBuf::new(cfg.llm.depth * pmax * hd * bf)?,
+                k: DBuf::new(cfg.llm.depth * r8(pmax) * hd * bf)?,
+                v: DBuf::new(cfg.llm.depth * r8(pmax) * hd * bf)?,
                 _ws: ws,
                 nv: AtomicUsize::new(0),
                 ntok: AtomicUsize::new(0),
@@ -330,8 +331,8 @@ impl Pi0Cuda {
                 p: DBuf::new(rows * heads * r8(kvmax) * bf)?,
                 attn: DBuf::new(rows * heads * hd * bf)?,
                 h: DBuf::new(rows * fe * bf)?,
-                k: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
-                v: DBuf::new(cfg.expert.depth * kvmax * hd * bf)?,
+                k: DBuf::new(cfg.expert.depth * r8(kvmax) * hd * bf)?,
+                v: DBuf::new(cfg.expert.depth * r8(kvmax) * hd * bf)?,
                 _ws: ws,
                 chunk: AtomicUsize::new(0),
                 lt: Mutex::new(lt),
@@ -671,6 +672,7 @@ impl Pi0Cuda {
                     A::L(tpv as i64),
                     A::I(rows as i32),
                     A::I(tpv as i32),
+                    A::I(tpv as i32),
                     A::I(0),
                     A::I(0),
                 ],
@@ -769,7 +771,7 @@ impl Pi0Cuda {
         }
         let lds = r8(pl);
         let qkvw = self.d.qkv_l;
-        let kv_layer = (self.d.pmax * hd) as u64 * bf;
+        let kv_layer = (self.d.pmax_pad * hd) as u64 * bf;
         let scale = 1.0 / (hd as f32).sqrt();
         for (i, l) in self.w.llm.iter().enumerate() {
             let kl = p.k.ptr + i as u64 * kv_layer;
@@ -827,7 +829,7 @@ impl Pi0Cuda {
                 s,
                 Gemm {
                     out_f32: true,
-                    ..Gemm::linear(rows, pl, hd).ld(hd, hd, lds)
+                    ..Gemm::linear(rows, lds, hd).ld(hd, hd, lds)
                 },
                 p.q_l.ptr,
                 kl,
@@ -847,6 +849,7 @@ impl Pi0Cuda {
                     A::P(p.p_l.ptr),
                     A::L(lds as i64),
                     A::I(rows as i32),
+                    A::I(lds as i32),
                     A::I(pl as i32),
                     A::I(0),
                     A::I(0),
@@ -857,7 +860,7 @@ impl Pi0Cuda {
                 s,
                 Gemm {
                     w_kn: true,
-                    ..Gemm::linear(rows, hd, pl).ld(lds, hd, hd)
+                    ..Gemm::linear(rows, hd, lds).ld(lds, hd, hd)
                 },
                 p.p_l.ptr,
                 vl,
@@ -983,8 +986,8 @@ impl Pi0Cuda {
         let kvl = pl + rows;
         let lds = r8(kvl);
         let qkvw = self.d.qkv_e;
-        let dec_layer = (self.d.kvmax * hd) as u64 * bf;
-        let pre_layer = (self.d.pmax * hd) as u64 * bf;
+        let dec_layer = (self.d.kvmax_pad * hd) as u64 * bf;
+        let pre_layer = (self.d.pmax_pad * hd) as u64 * bf;
         let scale = 1.0 / (hd as f32).sqrt();
         // Prefix K/V of every layer into this slot's K/V buffers.
         for (dst, src) in [(ds.k.ptr, p.k.ptr), (ds.v.ptr, p.v.ptr)] {
@@ -1100,7 +1103,7 @@ impl Pi0Cuda {
                     s,
                     Gemm {
                         out_f32: true,
-                        ..Gemm::linear(qr, kvl, hd).ld(hd, hd, lds)
+                        ..Gemm::linear(qr, lds, hd).ld(hd, hd, lds)
                     },
                     ds.q.ptr,
                     kl,
@@ -1120,6 +1123,7 @@ impl Pi0Cuda {
                         A::P(ds.p.ptr),
                         A::L(lds as i64),
                         A::I(qr as i32),
+                        A::I(lds as i32),
                         A::I(kvl as i32),
                         A::I(hh as i32),
                         A::I(pl as i32 + 1),
@@ -1130,7 +1134,7 @@ impl Pi0Cuda {
                     s,
                     Gemm {
                         w_kn: true,
-                        ..Gemm::linear(qr, hd, kvl).ld(lds, hd, hd)
+                        ..Gemm::linear(qr, hd, lds).ld(lds, hd, hd)
                     },
                     ds.p.ptr,
                     vl,
