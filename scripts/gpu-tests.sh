@@ -3,6 +3,7 @@
 #   scripts/gpu-tests.sh            build with cargo, then run
 #   BIN_DIR=.carry scripts/gpu-tests.sh   run prebuilt binaries (gpu_golden-*, gpu_fullsize-*, pi0-bench)
 # PI0_FULL=1 adds the full-size GPU-vs-CPU test (writes ~6.5 GB to $PI0_FULL_CKPT, default /tmp).
+# PI0_ASYM_DIR points at the pi0-tiny-asym golden set when ../shared is not next to the checkout.
 set -uo pipefail
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 cd "$(dirname "$0")/.."
@@ -15,7 +16,8 @@ else
   BENCH="$BIN_DIR/pi0-bench"
 fi
 for t in gpu_golden gpu_fullsize; do
-  b=$(ls -t "$BIN_DIR"/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
+  b="$BIN_DIR/$t"
+  [ -x "$b" ] || b=$(ls -t "$BIN_DIR"/$t-* 2>/dev/null | grep -v '\.d$' | head -1)
   if [ -z "$b" ]; then echo "missing test binary $t"; rc=1; continue; fi
   echo "== $t"
   "$b" --nocapture --test-threads=1 || rc=1

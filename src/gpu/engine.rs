@@ -264,9 +264,7 @@ impl Pi0Cuda {
         };
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
         if smem_row > 48 * 1024 {
-            for k in [K::OutEuler] {
-                kernels.set_max_smem(k, smem_row, ctx.cu_device())?;
-            }
+            kernels.set_max_smem(K::OutEuler, smem_row, ctx.cu_device())?;
         }
 
         let bf = 2usize;

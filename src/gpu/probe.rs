@@ -35,11 +35,12 @@ pub fn check_libraries() -> Result<()> {
     let mut missing = Vec::new();
     for (lib, what) in REQUIRED {
         if let Err(tried) = find_library(lib) {
-            let short: Vec<&str> = tried
+            let mut short: Vec<&str> = tried
                 .iter()
                 .map(String::as_str)
-                .filter(|n| n.contains(".so"))
+                .filter(|n| n.contains(".so") && !n.contains("64"))
                 .collect();
+            short.dedup();
             missing.push(format!("{what}: tried {}", short.join(", ")));
         }
     }

@@ -385,6 +385,9 @@ fn permute_rows(w: &[f32], width: usize, order: &[usize]) -> Vec<f32> {
     out
 }
 
+/// One Gemma layer on the host: ([pre, post] norm scales, [qkv, o, gate|up, down] weights).
+type HostGemmaLayer = ([Vec<f32>; 2], [Vec<bf16>; 4]);
+
 fn load_gemma(
     src: &dyn WeightSource,
     prefix: &str,
@@ -395,7 +398,7 @@ fn load_gemma(
     let mut out = Vec::new();
     // Fold a few layers at a time to bound host memory on full-size models.
     for chunk in (0..g.depth).collect::<Vec<_>>().chunks(6) {
-        let host: Vec<Result<([Vec<f32>; 2], [Vec<bf16>; 4])>> = chunk
+        let host: Vec<Result<HostGemmaLayer>> = chunk
             .par_iter()
             .map(|&i| {
                 let t = |leaf: &str, shape: &[usize]| {
