@@ -11,14 +11,45 @@ use cudarc::driver::{sys, CudaContext, CudaGraph, CudaStream};
 
 use super::device::{copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
 use super::lt::{Gemm, LtCache, LtHandle};
-use super::weights::{RandomSource, WeightSource, Weights};
+use super::weights::{GemmaLayer, RandomSource, WeightSource, Weights};
 use super::{GpuOptions, StageGraph};
 use crate::engine::{noise_chunk, ModelInput, PolicyEngine};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::LoadedCheckpoint;
-use crate::model::config::ModelConfig;
+use crate::model::config::{GemmaConfig, ModelConfig};
 
 const WORKSPACE: usize = 32 << 20;
+
+/// Device addresses of the activations one Gemma block reads and writes (see `gemma_layer`).
+struct GemmaBufs {
+    /// f32 residual stream.
+    x: u64,
+    xn: u64,
+    qkv: u64,
+    q: u64,
+    s: u64,
+    p: u64,
+    attn: u64,
+    gu: u64,
+    h: u64,
+}
+
+/// Where a block's tokens sit in its layer's K/V cache and which keys they see.
+struct LayerAttention {
+    /// This layer's K and V (row 0 = the first prefix token).
+    k: u64,
+    v: u64,
+    /// Cache row (and RoPE position) of the block's first token.
+    first_row: usize,
+    /// Valid keys; `lds` is that count padded to a multiple of 8.
+    keys: usize,
+    lds: usize,
+    /// Block-causal mask: the first `mask_heads` query rows see only `mask_keys` keys.
+    mask_heads: usize,
+    mask_keys: usize,
+    /// RoPE cos/sin table.
+    rope: u64,
+}
 
 /// cos/sin of pos / base^(2i/d) for pos < positions, i < d/2, computed in f64 (float2 pairs).
 fn rope_table(positions: usize, d: usize, base: f32) -> Result<DBuf> {
@@ -745,12 +776,10 @@ impl Pi0Cuda {
         ntok: usize,
     ) -> Result<()> {
         let g = &self.cfg.llm;
-        let (wl, fl) = (g.width, g.mlp_dim);
-        let (hh, hd) = (self.d.heads, self.d.hd);
+        let (wl, hd) = (g.width, self.d.hd);
         let tv = nv * self.d.tpv;
         let pl = tv + ntok;
         let bf = 2u64;
-        let h = &self.lth;
         if ntok > 0 {
             self.launch(
                 s,
@@ -770,163 +799,160 @@ impl Pi0Cuda {
         let lds = r8(pl);
         let qkvw = self.d.qkv_l;
         let kv_layer = (self.d.pmax_pad * hd) as u64 * bf;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let bufs = GemmaBufs {
+            x: p.xl.ptr,
+            xn: p.xln.ptr,
+            qkv: p.qkv_l.ptr,
+            q: p.q_l.ptr,
+            s: p.s_l.ptr,
+            p: p.p_l.ptr,
+            attn: p.attn_l.ptr,
+            gu: p.gu_l.ptr,
+            h: p.h_l.ptr,
+        };
         for (i, l) in self.w.llm.iter().enumerate() {
-            let kl = p.k.ptr + i as u64 * kv_layer;
-            let vl = p.v.ptr + i as u64 * kv_layer;
+            let at = LayerAttention {
+                k: p.k.ptr + i as u64 * kv_layer,
+                v: p.v.ptr + i as u64 * kv_layer,
+                first_row: 0,
+                keys: pl,
+                lds,
+                // Prefix attention is bidirectional: no block-causal rows.
+                mask_heads: 0,
+                mask_keys: 0,
+                rope: self.rope_llm.ptr,
+            };
+            // The last layer's attention/MLP outputs are never used: only its K/V.
+            let kv_only = i + 1 == self.w.llm.len();
+            self.gemma_layer(s, lt, g, l, qkvw, pl, &bufs, &at, kv_only)?;
+        }
+        Ok(())
+    }
+
+    /// One Gemma block on `rows` tokens, shared by the LLM (prefix) and the action expert
+    /// (suffix): RMSNorm → QKV → RoPE (+ K/V written at `at.first_row`) → attention over
+    /// `at.keys` keys → O (+residual) → RMSNorm → gate|up → GELU·up → down (+residual).
+    /// `kv_only` stops after the K/V write.
+    #[allow(clippy::too_many_arguments)]
+    fn gemma_layer(
+        &self,
+        s: sys::CUstream,
+        lt: &mut LtCache,
+        g: &GemmaConfig,
+        l: &GemmaLayer,
+        qkvw: usize,
+        rows: usize,
+        b: &GemmaBufs,
+        at: &LayerAttention,
+        kv_only: bool,
+    ) -> Result<()> {
+        let (w, f) = (g.width, g.mlp_dim);
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let h = &self.lth;
+        let rms = |x: u64, y: u64, scale: u64| {
             self.launch(
                 s,
                 K::RmsNorm,
-                pl.div_ceil(8) as u32,
-                256,
-                0,
-                &[
-                    A::P(p.xl.ptr),
-                    A::P(p.xln.ptr),
-                    A::I(wl as i32),
-                    A::F(g.rms_norm_eps),
-                    A::P(l.pre.ptr),
-                    A::I(pl as i32),
-                ],
-            )?;
-            lt.matmul(
-                h,
-                s,
-                Gemm::linear(pl, qkvw, wl),
-                p.xln.ptr,
-                l.qkv_w.ptr,
-                p.qkv_l.ptr,
-                0,
-                1.0,
-            )?;
-            self.kernels.launch(
-                K::Rope,
-                (pl as u32, (hh + 2) as u32, 1),
-                128,
-                0,
-                s,
-                &[
-                    A::P(p.qkv_l.ptr),
-                    A::I(qkvw as i32),
-                    A::P(p.q_l.ptr),
-                    A::P(kl),
-                    A::P(vl),
-                    A::I(hh as i32),
-                    A::I(1),
-                    A::I(hd as i32),
-                    A::I(0),
-                    A::P(self.rope_llm.ptr),
-                ],
-            )?;
-            if i + 1 == self.w.llm.len() {
-                break; // the last layer's attention/MLP outputs are never used
-            }
-            let rows = pl * hh;
-            lt.matmul(
-                h,
-                s,
-                Gemm {
-                    out_f32: true,
-                    ..Gemm::linear(rows, lds, hd).ld(hd, hd, lds)
-                },
-                p.q_l.ptr,
-                kl,
-                p.s_l.ptr,
-                0,
-                scale,
-            )?;
-            self.launch(
-                s,
-                K::Softmax,
                 rows.div_ceil(8) as u32,
                 256,
                 0,
                 &[
-                    A::P(p.s_l.ptr),
-                    A::L(lds as i64),
-                    A::P(p.p_l.ptr),
-                    A::L(lds as i64),
-                    A::I(rows as i32),
-                    A::I(lds as i32),
-                    A::I(pl as i32),
-                    A::I(0),
-                    A::I(0),
-                ],
-            )?;
-            lt.matmul(
-                h,
-                s,
-                Gemm {
-                    w_kn: true,
-                    ..Gemm::linear(rows, hd, lds).ld(lds, hd, hd)
-                },
-                p.p_l.ptr,
-                vl,
-                p.attn_l.ptr,
-                0,
-                1.0,
-            )?;
-            lt.matmul(
-                h,
-                s,
-                Gemm::linear(pl, wl, hh * hd).residual().f32out(),
-                p.attn_l.ptr,
-                l.o_w.ptr,
-                p.xl.ptr,
-                0,
-                1.0,
-            )?;
-            self.launch(
-                s,
-                K::RmsNorm,
-                pl.div_ceil(8) as u32,
-                256,
-                0,
-                &[
-                    A::P(p.xl.ptr),
-                    A::P(p.xln.ptr),
-                    A::I(wl as i32),
+                    A::P(x),
+                    A::P(y),
+                    A::I(w as i32),
                     A::F(g.rms_norm_eps),
-                    A::P(l.post.ptr),
-                    A::I(pl as i32),
+                    A::P(scale),
+                    A::I(rows as i32),
                 ],
-            )?;
-            lt.matmul(
-                h,
-                s,
-                Gemm::linear(pl, 2 * fl, wl),
-                p.xln.ptr,
-                l.gu_w.ptr,
-                p.gu_l.ptr,
-                0,
-                1.0,
-            )?;
-            let n8 = (pl * fl).div_ceil(8);
-            self.launch(
-                s,
-                K::GeluMul,
-                n8.div_ceil(256) as u32,
-                256,
-                0,
-                &[
-                    A::P(p.gu_l.ptr),
-                    A::P(p.h_l.ptr),
-                    A::I(pl as i32),
-                    A::I(fl as i32),
-                ],
-            )?;
-            lt.matmul(
-                h,
-                s,
-                Gemm::linear(pl, wl, fl).residual().f32out(),
-                p.h_l.ptr,
-                l.down_w.ptr,
-                p.xl.ptr,
-                0,
-                1.0,
-            )?;
+            )
+        };
+        rms(b.x, b.xn, l.pre.ptr)?;
+        let qkv = Gemm::linear(rows, qkvw, w);
+        lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
+        let first = (at.first_row * hd) as u64 * 2;
+        self.kernels.launch(
+            K::Rope,
+            (rows as u32, (hh + 2) as u32, 1),
+            128,
+            0,
+            s,
+            &[
+                A::P(b.qkv),
+                A::I(qkvw as i32),
+                A::P(b.q),
+                A::P(at.k + first),
+                A::P(at.v + first),
+                A::I(hh as i32),
+                A::I(1),
+                A::I(hd as i32),
+                A::I(at.first_row as i32),
+                A::P(at.rope),
+            ],
+        )?;
+        if kv_only {
+            return Ok(());
         }
-        Ok(())
+        let (qr, lds) = (rows * hh, at.lds);
+        lt.matmul(
+            h,
+            s,
+            Gemm {
+                out_f32: true,
+                ..Gemm::linear(qr, lds, hd).ld(hd, hd, lds)
+            },
+            b.q,
+            at.k,
+            b.s,
+            0,
+            1.0 / (hd as f32).sqrt(),
+        )?;
+        self.launch(
+            s,
+            K::Softmax,
+            qr.div_ceil(8) as u32,
+            256,
+            0,
+            &[
+                A::P(b.s),
+                A::L(lds as i64),
+                A::P(b.p),
+                A::L(lds as i64),
+                A::I(qr as i32),
+                A::I(lds as i32),
+                A::I(at.keys as i32),
+                A::I(at.mask_heads as i32),
+                A::I(at.mask_keys as i32),
+            ],
+        )?;
+        lt.matmul(
+            h,
+            s,
+            Gemm {
+                w_kn: true,
+                ..Gemm::linear(qr, hd, lds).ld(lds, hd, hd)
+            },
+            b.p,
+            at.v,
+            b.attn,
+            0,
+            1.0,
+        )?;
+        // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
+        let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
+        lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
+        rms(b.x, b.xn, l.post.ptr)?;
+        let gate_up = Gemm::linear(rows, 2 * f, w);
+        lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
+        let n8 = (rows * f).div_ceil(8);
+        self.launch(
+            s,
+            K::GeluMul,
+            n8.div_ceil(256) as u32,
+            256,
+            0,
+            &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
+        )?;
+        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
     }
 
     // ------------------------------------------------------------------ decoder
@@ -975,7 +1001,7 @@ impl Pi0Cuda {
         c: usize,
     ) -> Result<()> {
         let g = &self.cfg.expert;
-        let (we, fe) = (g.width, g.mlp_dim);
+        let we = g.width;
         let (hh, hd) = (self.d.heads, self.d.hd);
         let a = self.cfg.action_dim;
         let bf = 2u64;
@@ -986,7 +1012,6 @@ impl Pi0Cuda {
         let qkvw = self.d.qkv_e;
         let dec_layer = (self.d.kvmax_pad * hd) as u64 * bf;
         let pre_layer = (self.d.pmax_pad * hd) as u64 * bf;
-        let scale = 1.0 / (hd as f32).sqrt();
         // Prefix K/V of every layer into this slot's K/V buffers.
         for (dst, src) in [(ds.k.ptr, p.k.ptr), (ds.v.ptr, p.v.ptr)] {
             copy_2d(
@@ -1015,6 +1040,17 @@ impl Pi0Cuda {
             ],
         )?;
         let x1 = ds.x.ptr + we as u64 * 4;
+        let bufs = GemmaBufs {
+            x: ds.x.ptr,
+            xn: ds.xn.ptr,
+            qkv: ds.qkv.ptr,
+            q: ds.q.ptr,
+            s: ds.s.ptr,
+            p: ds.p.ptr,
+            attn: ds.attn.ptr,
+            gu: ds.gu.ptr,
+            h: ds.h.ptr,
+        };
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(
@@ -1045,146 +1081,18 @@ impl Pi0Cuda {
                 1.0,
             )?;
             for (i, l) in self.w.exp.iter().enumerate() {
-                let kl = ds.k.ptr + i as u64 * dec_layer;
-                let vl = ds.v.ptr + i as u64 * dec_layer;
-                let krow = (pl * hd) as u64 * bf;
-                let rn = |x: u64, y: u64, sc: u64| {
-                    self.launch(
-                        s,
-                        K::RmsNorm,
-                        rows.div_ceil(8) as u32,
-                        256,
-                        0,
-                        &[
-                            A::P(x),
-                            A::P(y),
-                            A::I(we as i32),
-                            A::F(g.rms_norm_eps),
-                            A::P(sc),
-                            A::I(rows as i32),
-                        ],
-                    )
+                let at = LayerAttention {
+                    k: ds.k.ptr + i as u64 * dec_layer,
+                    v: ds.v.ptr + i as u64 * dec_layer,
+                    first_row: pl,
+                    keys: kvl,
+                    lds,
+                    // The state token's heads (the first query rows) must not see the actions.
+                    mask_heads: hh,
+                    mask_keys: pl + 1,
+                    rope: self.rope_exp.ptr,
                 };
-                rn(ds.x.ptr, ds.xn.ptr, l.pre.ptr)?;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm::linear(rows, qkvw, we),
-                    ds.xn.ptr,
-                    l.qkv_w.ptr,
-                    ds.qkv.ptr,
-                    0,
-                    1.0,
-                )?;
-                self.kernels.launch(
-                    K::Rope,
-                    (rows as u32, (hh + 2) as u32, 1),
-                    128,
-                    0,
-                    s,
-                    &[
-                        A::P(ds.qkv.ptr),
-                        A::I(qkvw as i32),
-                        A::P(ds.q.ptr),
-                        A::P(kl + krow),
-                        A::P(vl + krow),
-                        A::I(hh as i32),
-                        A::I(1),
-                        A::I(hd as i32),
-                        A::I(pl as i32),
-                        A::P(self.rope_exp.ptr),
-                    ],
-                )?;
-                let qr = rows * hh;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm {
-                        out_f32: true,
-                        ..Gemm::linear(qr, lds, hd).ld(hd, hd, lds)
-                    },
-                    ds.q.ptr,
-                    kl,
-                    ds.s.ptr,
-                    0,
-                    scale,
-                )?;
-                self.launch(
-                    s,
-                    K::Softmax,
-                    qr.div_ceil(8) as u32,
-                    256,
-                    0,
-                    &[
-                        A::P(ds.s.ptr),
-                        A::L(lds as i64),
-                        A::P(ds.p.ptr),
-                        A::L(lds as i64),
-                        A::I(qr as i32),
-                        A::I(lds as i32),
-                        A::I(kvl as i32),
-                        A::I(hh as i32),
-                        A::I(pl as i32 + 1),
-                    ],
-                )?;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm {
-                        w_kn: true,
-                        ..Gemm::linear(qr, hd, lds).ld(lds, hd, hd)
-                    },
-                    ds.p.ptr,
-                    vl,
-                    ds.attn.ptr,
-                    0,
-                    1.0,
-                )?;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm::linear(rows, we, hh * hd).residual().f32out(),
-                    ds.attn.ptr,
-                    l.o_w.ptr,
-                    ds.x.ptr,
-                    0,
-                    1.0,
-                )?;
-                rn(ds.x.ptr, ds.xn.ptr, l.post.ptr)?;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm::linear(rows, 2 * fe, we),
-                    ds.xn.ptr,
-                    l.gu_w.ptr,
-                    ds.gu.ptr,
-                    0,
-                    1.0,
-                )?;
-                let n8 = (rows * fe).div_ceil(8);
-                self.launch(
-                    s,
-                    K::GeluMul,
-                    n8.div_ceil(256) as u32,
-                    256,
-                    0,
-                    &[
-                        A::P(ds.gu.ptr),
-                        A::P(ds.h.ptr),
-                        A::I(rows as i32),
-                        A::I(fe as i32),
-                    ],
-                )?;
-                lt.matmul(
-                    h,
-                    s,
-                    Gemm::linear(rows, we, fe).residual().f32out(),
-                    ds.h.ptr,
-                    l.down_w.ptr,
-                    ds.x.ptr,
-                    0,
-                    1.0,
-                )?;
+                self.gemma_layer(s, lt, g, l, qkvw, rows, &bufs, &at, false)?;
             }
             self.launch(
                 s,
