@@ -2,8 +2,12 @@
 //! in other layouts / dtypes / shardings give bitwise the same actions, and broken checkpoints
 //! give errors that say what is wrong (never a panic).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::OnceLock;
+
+use common::tiny_dir;
 
 use half::bf16;
 use pi0_mps::cpu::CpuEngine;
@@ -11,10 +15,6 @@ use pi0_mps::model::checkpoint::{self, Dtype};
 use pi0_mps::model::generate::{rewrite_checkpoint, Layout, WriteOptions};
 use pi0_mps::model::keys;
 use pi0_mps::{ModelInput, PolicyEngine};
-
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pi0-tiny")
-}
 
 /// A safetensors file as header JSON + data section, for building broken variants.
 struct RawSafetensors {

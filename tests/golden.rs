@@ -2,12 +2,15 @@
 //! random weights; see tests/data/pi0-tiny/README.md and ../shared/golden/pi0-tiny-asym/README.md).
 //! `cargo test --test golden -- --nocapture` prints the measured figures.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
+use common::*;
 use pi0_mps::cpu::CpuEngine;
-use pi0_mps::{ModelInput, PolicyEngine};
+use pi0_mps::PolicyEngine;
 
 /// openpi's PyTorch port in fp32 reaches rel 7.2e-6 / max 5.1e-5 on these actions (README).
 const ACTIONS_REL: f64 = 3e-5;
@@ -15,113 +18,13 @@ const ACTIONS_MAX: f64 = 2e-4;
 /// Intermediates: the same order.
 const INTERMEDIATE_REL: f64 = 3e-5;
 
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pi0-tiny")
-}
-
-fn asym_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/pi0-tiny-asym")
-}
-
-/// One tensor of golden.safetensors, floats and integers alike as f64.
-struct G {
-    shape: Vec<usize>,
-    data: Vec<f64>,
-}
-
-fn read_golden(dir: &Path) -> HashMap<String, G> {
-    let bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden.safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden is safetensors");
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f64> = match view.dtype() {
-            safetensors::Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            safetensors::Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            safetensors::Dtype::U8 => raw.iter().map(|&b| b as f64).collect(),
-            other => panic!("golden tensor {name} has dtype {other:?}"),
-        };
-        out.insert(
-            name,
-            G {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
-    }
-    out
-}
-
-impl G {
-    fn f32s(&self) -> Vec<f32> {
-        self.data.iter().map(|&v| v as f32).collect()
-    }
-}
-
-/// (rel L2, max |d|) of `ours` against `want`; NaN fails.
-fn diff(ours: &[f32], want: &[f64]) -> (f64, f64) {
-    assert_eq!(ours.len(), want.len(), "length mismatch");
-    let mut num = 0.0;
-    let mut den = 0.0;
-    let mut max = 0f64;
-    for (&a, &b) in ours.iter().zip(want) {
-        let d = a as f64 - b;
-        assert!(d.is_finite(), "non-finite value: ours {a}, golden {b}");
-        num += d * d;
-        den += b * b;
-        max = max.max(d.abs());
-    }
-    ((num / den).sqrt(), max)
-}
-
 fn check(label: &str, ours: &[f32], want: &[f64], rel_limit: f64, max_limit: Option<f64>) {
-    let (rel, max) = diff(ours, want);
+    let (rel, max) = rel_l2(ours, want);
     println!("  {label:<34} rel L2 {rel:.2e}  max|d| {max:.2e}");
     assert!(rel <= rel_limit, "{label}: rel L2 {rel:e} > {rel_limit:e}");
     if let Some(m) = max_limit {
         assert!(max <= m, "{label}: max|d| {max:e} > {m:e}");
     }
-}
-
-/// The model input from openpi's padded arrays: masked views and padding are dropped.
-fn input_from_arrays(
-    images: &[f32],
-    image_mask: &[f64],
-    tokens: &[f64],
-    token_mask: &[f64],
-    state: &[f32],
-) -> ModelInput {
-    let px = images.len() / image_mask.len();
-    ModelInput {
-        images: image_mask
-            .iter()
-            .enumerate()
-            .map(|(i, &m)| (m != 0.0).then(|| images[i * px..(i + 1) * px].to_vec()))
-            .collect(),
-        tokens: tokens
-            .iter()
-            .zip(token_mask)
-            .filter(|(_, &m)| m != 0.0)
-            .map(|(&t, _)| t as u32)
-            .collect(),
-        state: state.to_vec(),
-    }
-}
-
-fn golden_input(g: &HashMap<String, G>) -> ModelInput {
-    input_from_arrays(
-        &g["images"].f32s(),
-        &g["image_mask"].data,
-        &g["tokens"].data,
-        &g["token_mask"].data,
-        &g["state"].f32s(),
-    )
 }
 
 /// For each golden prefix row that an engine must compute (unmasked view, unpadded token), the
@@ -256,7 +159,7 @@ fn run_golden(name: &str, dir: &Path) {
         Some(ACTIONS_MAX),
     );
     // The bf16 reference is a different computation: far from it, but not absurdly.
-    let (rel_bf16, max_bf16) = diff(&trace.actions, &g["actions_default"].data);
+    let (rel_bf16, max_bf16) = rel_l2(&trace.actions, &g["actions_default"].data);
     println!("  vs actions_default (bf16 openpi)   rel L2 {rel_bf16:.2e}  max|d| {max_bf16:.2e}");
     assert!(rel_bf16 < 2e-2 && rel_bf16 > 1e-4, "{rel_bf16}");
 
@@ -343,7 +246,7 @@ fn golden_masked_view_and_padding_do_not_change_output() {
         )
         .unwrap();
     let base64: Vec<f64> = base.iter().map(|&v| v as f64).collect();
-    let (rel, _) = diff(&unmasked, &base64);
+    let (rel, _) = rel_l2(&unmasked, &base64);
     println!("unmasking view 2: rel L2 change {rel:.3}");
     assert!(
         rel > 1e-2,
@@ -359,7 +262,7 @@ fn golden_masked_view_and_padding_do_not_change_output() {
             &noise,
         )
         .unwrap();
-    let (rel, _) = diff(&other, &base64);
+    let (rel, _) = rel_l2(&other, &base64);
     println!("changing token 5: rel L2 change {rel:.3}");
     assert!(
         rel > 1e-3,

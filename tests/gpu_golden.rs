@@ -17,7 +17,8 @@ const GOLDEN_REL: f64 = 1e-2;
 fn run_golden(name: &str, dir: &std::path::Path, opts: GpuOptions) {
     let loaded = checkpoint::load(dir).unwrap();
     let g = read_golden(dir);
-    let (input, noise) = golden_input(&g);
+    let input = golden_input(&g);
+    let noise = g["noise"].f32s();
     let want = &g["actions_fp32"].data;
     let mut eng = Pi0Cuda::new(&loaded, opts).unwrap();
     let eager = eng.forward_eager(&input, &noise).unwrap();
@@ -82,7 +83,8 @@ fn gpu_stage_api_slots_and_green_context() {
     let dir = tiny_dir();
     let loaded = checkpoint::load(&dir).unwrap();
     let g = read_golden(&dir);
-    let (input, noise) = golden_input(&g);
+    let input = golden_input(&g);
+    let noise = g["noise"].f32s();
     let mut eng = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
     let want = eng.forward_eager(&input, &noise).unwrap();
     let ctx = eng.context().clone();
