@@ -132,12 +132,16 @@ impl PreparedSplit {
             Stage::Decoder => &self.dec_graphs,
         }
     }
-    /// Launches the graph of `slot` on the stage's stream if one matches `shape`.
-    fn launch(&self, stage: Stage, slot: usize, shape: Option<u64>) -> Result<bool> {
-        let stream = match stage {
+    /// The stream `stage` runs on in this split.
+    fn stream(&self, stage: Stage) -> &Arc<CudaStream> {
+        match stage {
             Stage::Encoder => &self.partition.encoder_stream,
             Stage::Decoder => &self.partition.decoder_stream,
-        };
+        }
+    }
+    /// Launches the graph of `slot` on the stage's stream if one matches `shape`.
+    fn launch(&self, stage: Stage, slot: usize, shape: Option<u64>) -> Result<bool> {
+        let stream = self.stream(stage);
         let Some(k) = shape else { return Ok(false) };
         let g = lock(self.graphs(stage));
         match g.get(slot) {
@@ -600,6 +604,47 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
 
     // ---- the two stages ------------------------------------------------------------------
 
+    /// Takes the split `stage` runs on for this frame. On a switch the new stream is ordered
+    /// after the stage's last work on the old one (stage scratch is shared across partitions)
+    /// and the switch is recorded.
+    /// Returns the split and the swap generation it belongs to.
+    fn enter_stage(&self, stage: Stage, run: &StageRun) -> Result<(Active, u64)> {
+        let t_sw = Instant::now();
+        let (active, switched, gen) = {
+            let mut sw = lock(&self.inner.swap);
+            let (a, s) = sw.acquire(stage);
+            (a, s, sw.generation())
+        };
+        if switched {
+            if let Some(ev) = &run.last {
+                let stream = active.prepared.stream(stage);
+                stream.wait(ev).map_err(gpu("fence"))?;
+            }
+            self.note_switch(stage, gen, t_sw.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok((active, gen))
+    }
+
+    /// Runs `stage` on `slot`: its captured graph when one matches `shape`, else `enqueue`
+    /// eagerly on the stage's stream (and asks for a capture off the hot path).
+    fn launch_stage(
+        &self,
+        active: &Active,
+        stage: Stage,
+        slot: usize,
+        shape: Option<u64>,
+        enqueue: impl FnOnce(&Arc<CudaStream>) -> Result<()>,
+    ) -> Result<()> {
+        let p = &active.prepared;
+        if !(active.use_graphs && p.launch(stage, slot, shape)?) {
+            enqueue(p.stream(stage))?;
+            if let (true, Some(k)) = (active.use_graphs, shape) {
+                self.request_capture(p, stage, slot, k);
+            }
+        }
+        Ok(())
+    }
+
     fn note_switch(&self, stage: Stage, gen: u64, swap_us: f64) {
         let mut sw = lock(&self.inner.switches);
         if let Some(r) = sw.iter_mut().rev().find(|r| r.generation == gen) {
@@ -642,33 +687,17 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         };
         let res = (|| {
             let mut run = lock(&inner.enc);
-            let t_sw = Instant::now();
-            let (active, switched, gen) = {
-                let mut sw = lock(&inner.swap);
-                let (a, s) = sw.acquire(Stage::Encoder);
-                (a, s, sw.generation())
-            };
-            let p = &active.prepared;
-            let stream = &p.partition.encoder_stream;
-            if switched {
-                // Encoder scratch is shared across partitions: fence after the old stream.
-                if let Some(ev) = &run.last {
-                    stream.wait(ev).map_err(gpu("fence"))?;
-                }
-                self.note_switch(Stage::Encoder, gen, t_sw.elapsed().as_secs_f64() * 1e6);
-            }
+            let (active, _) = self.enter_stage(Stage::Encoder, &run)?;
+            let stream = active.prepared.stream(Stage::Encoder);
             if let Some(ev) = &last_read {
                 stream.wait(ev).map_err(gpu("slot fence"))?;
             }
             let _r = Range::new("encoder");
             inner.engine.upload_observation(stream, slot, input)?;
             let shape = inner.engine.encoder_shape(slot);
-            if !(active.use_graphs && p.launch(Stage::Encoder, slot, shape)?) {
-                inner.engine.enqueue_encoder(stream, slot)?;
-                if let (true, Some(k)) = (active.use_graphs, shape) {
-                    self.request_capture(p, Stage::Encoder, slot, k);
-                }
-            }
+            self.launch_stage(&active, Stage::Encoder, slot, shape, |st| {
+                inner.engine.enqueue_encoder(st, slot)
+            })?;
             let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
             run.last = Some(ev.clone());
             Ok(ev)
@@ -710,32 +739,18 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         let mut unpin = Unpin(inner, slot, false);
         let written = lock(&inner.slots).written[slot].clone();
         let mut run = lock(&inner.dec);
-        let t_sw = Instant::now();
-        let (active, switched, gen) = {
-            let mut sw = lock(&inner.swap);
-            let (a, s) = sw.acquire(Stage::Decoder);
-            (a, s, sw.generation())
-        };
+        let (active, gen) = self.enter_stage(Stage::Decoder, &run)?;
         let p = &active.prepared;
-        let stream = &p.partition.decoder_stream;
-        if switched {
-            if let Some(ev) = &run.last {
-                stream.wait(ev).map_err(gpu("fence"))?;
-            }
-            self.note_switch(Stage::Decoder, gen, t_sw.elapsed().as_secs_f64() * 1e6);
-        }
+        let stream = p.stream(Stage::Decoder);
         if let Some(ev) = &written {
             stream.wait(ev).map_err(gpu("prefix fence"))?;
         }
         let _r = Range::new("decoder");
         inner.engine.upload_decoder_inputs(stream, state, noise)?;
         let shape = inner.engine.decoder_shape(slot);
-        if !(active.use_graphs && p.launch(Stage::Decoder, slot, shape)?) {
-            inner.engine.enqueue_decoder(stream, slot)?;
-            if let (true, Some(k)) = (active.use_graphs, shape) {
-                self.request_capture(p, Stage::Decoder, slot, k);
-            }
-        }
+        self.launch_stage(&active, Stage::Decoder, slot, shape, |st| {
+            inner.engine.enqueue_decoder(st, slot)
+        })?;
         let ev = Arc::new(stream.record_event(None).map_err(gpu("record"))?);
         {
             let mut s = lock(&inner.slots);
