@@ -106,6 +106,64 @@ struct Plan {
     candidates: Vec<ls::cublasLtMatmulAlgo_t>,
 }
 
+impl Plan {
+    /// Points the bias epilogue at `bias` (nothing to do without an epilogue).
+    fn set_bias(&self, epi: Epi, bias: u64) -> Result<()> {
+        if epi == Epi::None {
+            return Ok(());
+        }
+        let bp = bias as *const c_void;
+        // SAFETY: desc is valid; the attribute is a device pointer value.
+        let r = unsafe {
+            lr::set_matmul_desc_attribute(
+                self.desc,
+                ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bp as *const _ as *const c_void,
+                std::mem::size_of::<*const c_void>(),
+            )
+        };
+        lt(r, "bias pointer")
+    }
+
+    /// Enqueues y = alpha·(w·x) + beta·y on `stream` with `algo` (y is read and written in
+    /// place; `ws` is the workspace and its size).
+    ///
+    /// # Safety
+    /// `w`, `x`, `y` and `ws` must be device allocations sized for this plan's shape.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn enqueue(
+        &self,
+        h: &LtHandle,
+        algo: &ls::cublasLtMatmulAlgo_t,
+        alpha: f32,
+        beta: f32,
+        w: u64,
+        x: u64,
+        y: u64,
+        ws: (u64, usize),
+        stream: ds::CUstream,
+    ) -> std::result::Result<(), lr::CublasError> {
+        lr::matmul(
+            h.0,
+            self.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            w as *const c_void,
+            self.la,
+            x as *const c_void,
+            self.lb,
+            y as *const c_void,
+            self.ld,
+            y as *mut c_void,
+            self.ld,
+            algo,
+            ws.0 as *mut c_void,
+            ws.1,
+            stream as ls::cudaStream_t,
+        )
+    }
+}
+
 impl Drop for Plan {
     fn drop(&mut self) {
         // SAFETY: created once in `plan`.
@@ -206,47 +264,11 @@ impl LtCache {
             self.tune(h, stream, key, x, w, bias, alpha)?;
         }
         let plan = &self.plans[&key];
-        if g.epi != Epi::None {
-            // SAFETY: desc is valid; the attribute is a device pointer value.
-            unsafe {
-                let bp = bias as *const c_void;
-                lt(
-                    lr::set_matmul_desc_attribute(
-                        plan.desc,
-                        ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                        &bp as *const _ as *const c_void,
-                        std::mem::size_of::<*const c_void>(),
-                    ),
-                    "bias pointer",
-                )?;
-            }
-        }
+        plan.set_bias(g.epi, bias)?;
         let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
-        // SAFETY: all descriptors belong to this plan; pointers are device allocations sized by
-        // the caller for this shape.
-        unsafe {
-            lt(
-                lr::matmul(
-                    h.0,
-                    plan.desc,
-                    &alpha as *const f32 as *const c_void,
-                    &beta as *const f32 as *const c_void,
-                    w as *const c_void,
-                    plan.la,
-                    x as *const c_void,
-                    plan.lb,
-                    y as *const c_void,
-                    plan.ld,
-                    y as *mut c_void,
-                    plan.ld,
-                    &plan.algo,
-                    ws as *mut c_void,
-                    wsb,
-                    stream as ls::cudaStream_t,
-                ),
-                "matmul",
-            )
-        }
+        // SAFETY: pointers are device allocations sized by the caller for this shape.
+        let r = unsafe { plan.enqueue(h, &plan.algo, alpha, beta, w, x, y, (ws, wsb), stream) };
+        lt(r, "matmul")
     }
 }
 
@@ -286,21 +308,7 @@ impl LtCache {
         let (ws, wsb) = (self.workspace, self.workspace_bytes);
         let plan = self.plans.get_mut(&key).unwrap();
         let cands = std::mem::take(&mut plan.candidates);
-        if g.epi != Epi::None {
-            // SAFETY: as in `matmul`.
-            unsafe {
-                let bp = bias as *const c_void;
-                lt(
-                    lr::set_matmul_desc_attribute(
-                        plan.desc,
-                        ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                        &bp as *const _ as *const c_void,
-                        std::mem::size_of::<*const c_void>(),
-                    ),
-                    "bias pointer",
-                )?;
-            }
-        }
+        plan.set_bias(g.epi, bias)?;
         let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
         let mut ev = [std::ptr::null_mut(); 2];
         for e in ev.iter_mut() {
@@ -312,27 +320,8 @@ impl LtCache {
             let run = |n: usize| -> bool {
                 (0..n).all(|_| {
                     // SAFETY: as in `matmul`, output into the scratch buffer.
-                    unsafe {
-                        lr::matmul(
-                            h.0,
-                            plan.desc,
-                            &alpha as *const f32 as *const c_void,
-                            &beta as *const f32 as *const c_void,
-                            w as *const c_void,
-                            plan.la,
-                            x as *const c_void,
-                            plan.lb,
-                            y as *const c_void,
-                            plan.ld,
-                            y as *mut c_void,
-                            plan.ld,
-                            &algo,
-                            ws as *mut c_void,
-                            wsb,
-                            stream as ls::cudaStream_t,
-                        )
+                    unsafe { plan.enqueue(h, &algo, alpha, beta, w, x, y, (ws, wsb), stream) }
                         .is_ok()
-                    }
                 })
             };
             if !run(1) {
