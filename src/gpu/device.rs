@@ -17,6 +17,38 @@ pub(crate) fn cu(r: sys::CUresult, what: &str) -> Result<()> {
     }
 }
 
+/// Loads a CUBIN, or NUL-terminated PTX, context-independently: its kernels launch on the
+/// streams of any context of the device, green contexts included.
+///
+/// # Safety
+/// `image` must point to a complete CUBIN or NUL-terminated PTX image.
+pub(crate) unsafe fn load_library(image: *const c_void) -> Result<sys::CUlibrary> {
+    let mut lib: sys::CUlibrary = std::ptr::null_mut();
+    // No JIT or library options.
+    let r = sys::cuLibraryLoadData(
+        &mut lib,
+        image,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        0,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        0,
+    );
+    cu(r, "cuLibraryLoadData")?;
+    Ok(lib)
+}
+
+/// The kernel `name` of a library from `load_library`.
+pub(crate) fn library_kernel(lib: sys::CUlibrary, name: &str) -> Result<sys::CUkernel> {
+    let c = CString::new(name).map_err(|_| Error::Gpu(format!("kernel name {name:?}")))?;
+    let mut k: sys::CUkernel = std::ptr::null_mut();
+    // SAFETY: lib is loaded; the name is NUL-terminated.
+    let r = unsafe { sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()) };
+    cu(r, &format!("cuLibraryGetKernel({name})"))?;
+    Ok(k)
+}
+
 pub(crate) fn drv<T>(r: std::result::Result<T, dr::DriverError>, what: &str) -> Result<T> {
     r.map_err(|e| Error::Gpu(format!("{what}: {e:?}")))
 }
@@ -337,34 +369,12 @@ impl Kernels {
                 b
             }
         };
-        let mut lib: sys::CUlibrary = std::ptr::null_mut();
-        // SAFETY: cubin is a complete image; no JIT or library options.
-        cu(
-            unsafe {
-                sys::cuLibraryLoadData(
-                    &mut lib,
-                    cubin.as_ptr() as *const c_void,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                )
-            },
-            "cuLibraryLoadData",
-        )?;
-        let mut kernels = Vec::new();
-        for name in KERNEL_NAMES {
-            let mut k: sys::CUkernel = std::ptr::null_mut();
-            let c = CString::new(*name).unwrap();
-            // SAFETY: lib is loaded; name is NUL-terminated.
-            cu(
-                unsafe { sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()) },
-                &format!("cuLibraryGetKernel({name})"),
-            )?;
-            kernels.push(k);
-        }
+        // SAFETY: cubin is a complete image.
+        let lib = unsafe { load_library(cubin.as_ptr() as *const c_void) }?;
+        let kernels = KERNEL_NAMES
+            .iter()
+            .map(|name| library_kernel(lib, name))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Kernels {
             lib,
             kernels,

@@ -18,7 +18,7 @@
 //!   and cuBLASLt workspaces, so stages of different slots may run concurrently.
 //! * `forward` runs both stages as graphs on the engine's stream; `forward_eager` without.
 
-mod device;
+pub(crate) mod device;
 mod engine;
 mod lt;
 pub mod probe;

@@ -12,15 +12,7 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use super::split::{Backend, SmLayout, SplitPlan, StagePlan};
 use crate::error::{Error, Result};
-
-/// Turns a driver status into a crate error naming the call.
-pub(crate) fn ck(r: sys::CUresult, what: &str) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Gpu(format!("{what}: {r:?}")))
-    }
-}
+use crate::gpu::device::cu;
 
 /// Whether a CUDA driver and GPU can be used here; `Err` says why not (for test skips).
 /// Never panics: libcuda is probed with dlopen before cudarc touches it.
@@ -53,7 +45,7 @@ pub(crate) fn device_sm_resource(ctx: &Arc<CudaContext>) -> Result<sys::CUdevRes
         .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
     unsafe {
         let mut all: sys::CUdevResource = std::mem::zeroed();
-        ck(
+        cu(
             sys::cuDeviceGetDevResource(
                 ctx.cu_device(),
                 &mut all,
@@ -86,7 +78,7 @@ impl GreenGroups {
             let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); want as usize];
             let mut n = want;
             let mut remainder: sys::CUdevResource = std::mem::zeroed();
-            ck(
+            cu(
                 sys::cuDevSmResourceSplitByCount(
                     groups.as_mut_ptr(),
                     &mut n,
@@ -136,7 +128,7 @@ impl GreenGroups {
             let mut grp: sys::CUdevResource = std::mem::zeroed();
             let mut rest: sys::CUdevResource = std::mem::zeroed();
             let mut n = 1u32;
-            ck(
+            cu(
                 sys::cuDevSmResourceSplitByCount(&mut grp, &mut n, &all, &mut rest, 0, small_sms),
                 "cuDevSmResourceSplitByCount",
             )?;
@@ -182,12 +174,12 @@ impl GreenGroups {
     ) -> Result<(GreenStage, u32)> {
         unsafe {
             let mut desc: sys::CUdevResourceDesc = std::ptr::null_mut();
-            ck(
+            cu(
                 sys::cuDevResourceGenerateDesc(&mut desc, res.as_mut_ptr(), res.len() as u32),
                 "cuDevResourceGenerateDesc",
             )?;
             let mut g: sys::CUgreenCtx = std::ptr::null_mut();
-            ck(
+            cu(
                 sys::cuGreenCtxCreate(
                     &mut g,
                     desc,
@@ -205,11 +197,11 @@ impl GreenGroups {
             );
             if r != sys::CUresult::CUDA_SUCCESS {
                 sys::cuGreenCtxDestroy(g);
-                ck(r, "cuGreenCtxStreamCreate")?;
+                cu(r, "cuGreenCtxStreamCreate")?;
             }
             let stage = GreenStage { gctx: g, stream: s };
             let mut got: sys::CUdevResource = std::mem::zeroed();
-            ck(
+            cu(
                 sys::cuGreenCtxGetDevResource(
                     g,
                     &mut got,
@@ -427,7 +419,7 @@ fn capture_stream(hot: &Arc<CudaStream>, owned: &mut Vec<Owned>) -> Result<Arc<C
         let r = sys::cuStreamGetGreenCtx(hot.cu_stream(), &mut g);
         if r == sys::CUresult::CUDA_SUCCESS && !g.is_null() {
             let mut s: sys::CUstream = std::ptr::null_mut();
-            ck(
+            cu(
                 sys::cuGreenCtxStreamCreate(
                     &mut s,
                     g,
@@ -541,7 +533,7 @@ fn mps_context(primary: &Arc<CudaContext>, sms: u32) -> Result<Arc<CudaContext>>
                  process (CUDA_ERROR_UNSUPPORTED_EXEC_AFFINITY); {MPS_HELP}"
             )));
         }
-        ck(r, "cuCtxCreate_v4 (MPS execution affinity)")?;
+        cu(r, "cuCtxCreate_v4 (MPS execution affinity)")?;
         // cuCtxCreate pushed the new context; leave the thread as it was.
         let mut popped: sys::CUcontext = std::ptr::null_mut();
         sys::cuCtxPopCurrent_v2(&mut popped);
@@ -559,7 +551,7 @@ fn mps_affinity(c: &Arc<CudaContext>) -> Result<u32> {
         .map_err(|e| Error::Gpu(format!("bind MPS context: {e}")))?;
     unsafe {
         let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
-        ck(
+        cu(
             sys::cuCtxGetExecAffinity(
                 &mut aff,
                 sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,

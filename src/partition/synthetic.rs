@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaStream};
 
-use super::device::ck;
 use super::stage::{capture, StageEngine};
 use crate::engine::ModelInput;
 use crate::error::{Error, Result};
+use crate::gpu::device::{cu, library_kernel, load_library};
 
 const SRC: &str = include_str!("../../kernels/partition/synthetic.cu");
 
@@ -58,36 +58,16 @@ impl PartitionKernels {
         )
         .map_err(gpu("NVRTC (kernels/partition/synthetic.cu)"))?;
         let text = CString::new(ptx.to_src()).map_err(gpu("PTX"))?;
-        unsafe {
-            let mut lib: sys::CUlibrary = std::ptr::null_mut();
-            ck(
-                sys::cuLibraryLoadData(
-                    &mut lib,
-                    text.as_ptr() as *const c_void,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    0,
-                ),
-                "cuLibraryLoadData",
-            )?;
-            let get = |name: &str| -> Result<sys::CUkernel> {
-                let c = CString::new(name).unwrap();
-                let mut k: sys::CUkernel = std::ptr::null_mut();
-                ck(sys::cuLibraryGetKernel(&mut k, lib, c.as_ptr()), name)?;
-                Ok(k)
-            };
-            Ok(Arc::new(PartitionKernels {
-                ctx: ctx.clone(),
-                smid: get("smid_probe")?,
-                enc_layer: get("enc_layer")?,
-                dec_reduce: get("dec_reduce")?,
-                dec_update: get("dec_update")?,
-                lib,
-            }))
-        }
+        // SAFETY: `text` is NUL-terminated PTX.
+        let lib = unsafe { load_library(text.as_ptr() as *const c_void) }?;
+        Ok(Arc::new(PartitionKernels {
+            ctx: ctx.clone(),
+            smid: library_kernel(lib, "smid_probe")?,
+            enc_layer: library_kernel(lib, "enc_layer")?,
+            dec_reduce: library_kernel(lib, "dec_reduce")?,
+            dec_update: library_kernel(lib, "dec_update")?,
+            lib,
+        }))
     }
 
     /// # Safety
@@ -104,7 +84,7 @@ impl PartitionKernels {
             .context()
             .bind_to_thread()
             .map_err(gpu("bind context"))?;
-        ck(
+        cu(
             sys::cuLaunchKernel(
                 k as sys::CUfunction,
                 grid,
@@ -192,7 +172,7 @@ impl DevBuf {
     pub fn new(ctx: &Arc<CudaContext>, bytes: usize) -> Result<Self> {
         ctx.bind_to_thread().map_err(gpu("bind context"))?;
         let mut ptr = 0;
-        unsafe { ck(sys::cuMemAlloc_v2(&mut ptr, bytes.max(4)), "cuMemAlloc")? };
+        unsafe { cu(sys::cuMemAlloc_v2(&mut ptr, bytes.max(4)), "cuMemAlloc")? };
         Ok(DevBuf {
             ctx: ctx.clone(),
             ptr,
@@ -212,7 +192,7 @@ impl DevBuf {
             .bind_to_thread()
             .map_err(gpu("bind context"))?;
         unsafe {
-            ck(
+            cu(
                 sys::cuMemcpyHtoDAsync_v2(
                     self.ptr,
                     data.as_ptr() as *const c_void,
@@ -236,7 +216,7 @@ impl DevBuf {
             .bind_to_thread()
             .map_err(gpu("bind context"))?;
         unsafe {
-            ck(
+            cu(
                 sys::cuMemcpyDtoHAsync_v2(
                     v.as_mut_ptr() as *mut c_void,
                     self.ptr,
@@ -245,7 +225,7 @@ impl DevBuf {
                 ),
                 "cuMemcpyDtoHAsync",
             )?;
-            ck(
+            cu(
                 sys::cuStreamSynchronize(stream.cu_stream()),
                 "cuStreamSynchronize",
             )?;
@@ -258,7 +238,7 @@ impl DevBuf {
             .bind_to_thread()
             .map_err(gpu("bind context"))?;
         unsafe {
-            ck(
+            cu(
                 sys::cuMemsetD32Async(self.ptr, v, n, stream.cu_stream()),
                 "cuMemsetD32Async",
             )
@@ -340,7 +320,7 @@ impl SyntheticStages {
         let stream = ctx.new_stream().map_err(gpu("stream"))?;
         let words = cfg.dec_weight_bytes / 4;
         unsafe {
-            ck(
+            cu(
                 sys::cuMemsetD32Async(w.ptr, 0.001f32.to_bits(), words, stream.cu_stream()),
                 "memset",
             )?;
