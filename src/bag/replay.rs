@@ -53,7 +53,7 @@ pub fn chunk_to_trajectory(chunk: &ActionChunk) -> JointTrajectory {
             .enumerate()
             .map(|(i, p)| JointTrajectoryPoint {
                 positions: p.clone(),
-                time_from_start: Time::from_nanos(((i + 1) as f64 * chunk.dt * 1e9).round() as i64),
+                time_from_start: Time::from_nanos(chunk.point_time_ns(i)),
                 ..Default::default()
             })
             .collect(),

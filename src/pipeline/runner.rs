@@ -193,6 +193,14 @@ pub struct ActionChunk {
     pub timing: Timing,
 }
 
+impl ActionChunk {
+    /// When point `k` is due, after the observation: (k + 1) control periods, in nanoseconds.
+    /// The node's and the bag tools' `JointTrajectory` both use this.
+    pub fn point_time_ns(&self, k: usize) -> i64 {
+        ((k + 1) as f64 * self.dt * 1e9).round() as i64
+    }
+}
+
 /// Where the runner's model came from (for logs and diagnostics).
 #[derive(Clone, Debug)]
 pub struct ModelInfo {

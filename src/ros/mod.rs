@@ -71,8 +71,7 @@ fn to_time(ns: Stamp) -> Time {
     }
 }
 
-fn to_duration(s: f64) -> RosDuration {
-    let ns = (s * 1e9).round() as i64;
+fn to_duration(ns: i64) -> RosDuration {
     RosDuration {
         sec: ns.div_euclid(1_000_000_000) as i32,
         nanosec: ns.rem_euclid(1_000_000_000) as u32,
@@ -118,7 +117,7 @@ pub fn trajectory_msg(c: &ActionChunk) -> JointTrajectory {
             .enumerate()
             .map(|(k, p)| JointTrajectoryPoint {
                 positions: p.clone(),
-                time_from_start: to_duration((k + 1) as f64 * c.dt),
+                time_from_start: to_duration(c.point_time_ns(k)),
                 ..Default::default()
             })
             .collect(),
