@@ -38,6 +38,12 @@ struct Args {
     eager: bool,
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// Decoder weight GEMMs on cuBLASLt instead of the weight-streaming kernel.
+    #[arg(long)]
+    cublaslt_decoder: bool,
+    /// No programmatic dependent launches in the decoder.
+    #[arg(long)]
+    no_pdl: bool,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -74,6 +80,8 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         max_views: configs.iter().map(|c| c.0).max().unwrap().max(1),
         max_prompt_len: configs.iter().map(|c| c.1).max().unwrap(),
         max_chunk: configs.iter().map(|c| c.2).max().unwrap(),
+        weight_streaming: !args.cublaslt_decoder,
+        pdl: !args.no_pdl,
         ..Default::default()
     };
     let t = Instant::now();
@@ -92,11 +100,13 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
     };
     let cfg = pi0_mps::PolicyEngine::config(&eng).clone();
     println!(
-        "device: {} | weights: {} | ready in {:.1} s (kernels from cache: {})",
+        "device: {} | weights: {} | ready in {:.1} s (kernels from cache: {}) | decoder GEMMs: {} | PDL: {}",
         eng.device_name(),
         what,
         t.elapsed().as_secs_f64(),
-        eng.kernels_from_cache()
+        eng.kernels_from_cache(),
+        if args.cublaslt_decoder { "cuBLASLt" } else { "weight-streaming" },
+        !args.no_pdl
     );
     let px = cfg.vision.image_size * cfg.vision.image_size * 3;
     let mut rows = Vec::new();

@@ -217,6 +217,14 @@ kernels! {
     ActionIn = "action_in_k",
     StateProj = "state_proj_k",
     OutEuler = "out_euler_k",
+    Wgemm2 = "wgemm_t2_k",
+    Wgemm4 = "wgemm_t4_k",
+    Wgemm6 = "wgemm_t6_k",
+    Wgemm8 = "wgemm_t8_k",
+    Wgemm10 = "wgemm_t10_k",
+    RopePart = "rope_part_k",
+    ResidRms = "resid_rms_k",
+    GeluPart = "gelu_part_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.
@@ -228,10 +236,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         "elementwise.cu",
         include_str!("../../kernels/elementwise.cu"),
     ),
-    (
-        "skinny_gemm.cu",
-        include_str!("../../kernels/skinny_gemm.cu"),
-    ),
+    ("skinny.cu", include_str!("../../kernels/skinny.cu")),
 ];
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -410,6 +415,23 @@ impl Kernels {
         stream: sys::CUstream,
         args: &[A],
     ) -> Result<()> {
+        self.launch_ex(k, grid, block, smem, stream, args, false)
+    }
+
+    /// Launches kernel `k` on `stream`; with `pdl` as a programmatic dependent launch: it may
+    /// start while the previous kernel finishes, and waits for it in `griddepcontrol.wait`
+    /// (kernels/skinny.cu), so its independent prologue (weight prefetch) overlaps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_ex(
+        &self,
+        k: K,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        args: &[A],
+        pdl: bool,
+    ) -> Result<()> {
         let mut store: Vec<u64> = args
             .iter()
             .map(|a| match *a {
@@ -423,11 +445,35 @@ impl Kernels {
             .iter_mut()
             .map(|x| x as *mut u64 as *mut c_void)
             .collect();
+        let f = self.kernels[k as usize] as sys::CUfunction;
+        if pdl {
+            // SAFETY: zeroed attribute union, then the documented field for this id.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: stream,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as below; `cfg` and `attr` outlive the call.
+            let r =
+                unsafe { sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
+            return cu(r, KERNEL_NAMES[k as usize]);
+        }
         // SAFETY: argument values live in `store` for the duration of the call (the driver copies
         // them); a CUkernel may be passed where a CUfunction is expected.
         let r = unsafe {
             sys::cuLaunchKernel(
-                self.kernels[k as usize] as sys::CUfunction,
+                f,
                 grid.0,
                 grid.1,
                 grid.2,

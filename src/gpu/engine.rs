@@ -20,6 +20,10 @@ use crate::model::config::{GemmaConfig, ModelConfig};
 
 const WORKSPACE: usize = 32 << 20;
 
+#[path = "expert_layer.rs"]
+mod expert_layer;
+use expert_layer::WeightStreaming;
+
 /// Device addresses of the activations one Gemma block reads and writes (see `gemma_layer`).
 struct GemmaBufs {
     /// f32 residual stream.
@@ -171,6 +175,8 @@ struct DecoderSlot {
     h: DBuf,
     k: DBuf,
     v: DBuf,
+    /// Split-K partial sums of the weight-streaming GEMMs.
+    part: DBuf,
     _ws: DBuf,
     chunk: AtomicUsize,
     lt: Mutex<LtCache>,
@@ -192,6 +198,8 @@ pub struct Pi0Cuda {
     /// RoPE cos/sin tables [position][head_dim / 2] (float2) for the LLM and the expert.
     rope_llm: DBuf,
     rope_exp: DBuf,
+    /// Weight-streaming decoder GEMMs (None: cuBLASLt).
+    wstream: Option<WeightStreaming>,
     name: String,
 }
 
@@ -270,8 +278,6 @@ impl Pi0Cuda {
         let stream = drv(ctx.new_stream(), "creating a stream")?;
         let kernels = Kernels::load(major, minor)?;
         let lth = LtHandle::new()?;
-        let w = Weights::load(cfg, src, false)?;
-
         let v = &cfg.vision;
         let tpv = v.tokens_per_view();
         let max_views = opts.max_views.min(cfg.num_views);
@@ -293,6 +299,30 @@ impl Pi0Cuda {
             qkv_l: (heads + 2) * hd,
             qkv_e: (heads + 2) * hd,
         };
+        let streaming =
+            opts.weight_streaming && Self::weight_streaming_fits(cfg, &d, max_chunk + 1);
+        if opts.weight_streaming && !streaming {
+            log::info!("decoder GEMMs on cuBLASLt: the weight-streaming kernel does not cover this expert / chunk size");
+        }
+        let wstream = streaming.then(|| {
+            let sms = ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(132) as usize;
+            WeightStreaming {
+                // PI0_WGEMM_CTAS: a tuning knob for benchmarks.
+                target_ctas: std::env::var("PI0_WGEMM_CTAS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| super::skinny::target_ctas(sms)),
+                pdl: opts.pdl && major >= 9,
+            }
+        });
+        if wstream.is_some() {
+            for (k, bytes) in super::skinny::variants() {
+                kernels.set_max_smem(k, bytes as i32, ctx.cu_device())?;
+            }
+        }
+        let w = Weights::load(cfg, src, streaming)?;
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
         if smem_row > 48 * 1024 {
             kernels.set_max_smem(K::OutEuler, smem_row, ctx.cu_device())?;
@@ -340,6 +370,9 @@ impl Pi0Cuda {
         }
         let a = cfg.action_dim;
         let rows = max_chunk + 1;
+        let part_bytes = wstream
+            .as_ref()
+            .map_or(4, |ws| Self::partial_bytes(cfg, &d, ws, rows));
         let mut dslots = Vec::new();
         for _ in 0..opts.decoder_slots {
             let ws = DBuf::new(WORKSPACE)?;
@@ -362,6 +395,7 @@ impl Pi0Cuda {
                 h: DBuf::new(rows * fe * bf)?,
                 k: DBuf::new(cfg.expert.depth * r8(kvmax) * hd * bf)?,
                 v: DBuf::new(cfg.expert.depth * r8(kvmax) * hd * bf)?,
+                part: DBuf::new(part_bytes)?,
                 _ws: ws,
                 chunk: AtomicUsize::new(0),
                 lt: Mutex::new(lt),
@@ -372,6 +406,7 @@ impl Pi0Cuda {
         Ok(Pi0Cuda {
             rope_llm,
             rope_exp,
+            wstream,
             cfg: cfg.clone(),
             opts,
             d,
@@ -892,6 +927,37 @@ impl Pi0Cuda {
         if kv_only {
             return Ok(());
         }
+        self.attend(s, lt, rows, b, at)?;
+        // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
+        let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
+        lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
+        rms(b.x, b.xn, l.post.ptr)?;
+        let gate_up = Gemm::linear(rows, 2 * f, w);
+        lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
+        let n8 = (rows * f).div_ceil(8);
+        self.launch(
+            s,
+            K::GeluMul,
+            n8.div_ceil(256) as u32,
+            256,
+            0,
+            &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
+        )?;
+        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
+    }
+
+    /// Attention of `rows` query tokens (q in `b.q`, [rows][heads][hd]) over the layer's K/V
+    /// cache: QKᵀ (fp32, scaled) → masked softmax → P·V into `b.attn`.
+    fn attend(
+        &self,
+        s: sys::CUstream,
+        lt: &mut LtCache,
+        rows: usize,
+        b: &GemmaBufs,
+        at: &LayerAttention,
+    ) -> Result<()> {
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let h = &self.lth;
         let (qr, lds) = (rows * hh, at.lds);
         lt.matmul(
             h,
@@ -936,23 +1002,7 @@ impl Pi0Cuda {
             b.attn,
             0,
             1.0,
-        )?;
-        // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
-        let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
-        lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
-        rms(b.x, b.xn, l.post.ptr)?;
-        let gate_up = Gemm::linear(rows, 2 * f, w);
-        lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
-        let n8 = (rows * f).div_ceil(8);
-        self.launch(
-            s,
-            K::GeluMul,
-            n8.div_ceil(256) as u32,
-            256,
-            0,
-            &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
-        )?;
-        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
+        )
     }
 
     // ------------------------------------------------------------------ decoder
@@ -1051,6 +1101,7 @@ impl Pi0Cuda {
             gu: ds.gu.ptr,
             h: ds.h.ptr,
         };
+        let wstream = self.wstream;
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(
@@ -1080,6 +1131,7 @@ impl Pi0Cuda {
                 self.w.mlp_out_b.ptr,
                 1.0,
             )?;
+            let mut pending = 0;
             for (i, l) in self.w.exp.iter().enumerate() {
                 let at = LayerAttention {
                     k: ds.k.ptr + i as u64 * dec_layer,
@@ -1092,7 +1144,16 @@ impl Pi0Cuda {
                     mask_keys: pl + 1,
                     rope: self.rope_exp.ptr,
                 };
-                self.gemma_layer(s, lt, g, l, qkvw, rows, &bufs, &at, false)?;
+                match &wstream {
+                    Some(ws) => {
+                        pending =
+                            self.expert_layer(s, lt, ws, l, rows, &bufs, ds.part.ptr, pending, &at)?
+                    }
+                    None => self.gemma_layer(s, lt, g, l, qkvw, rows, &bufs, &at, false)?,
+                }
+            }
+            if let Some(ws) = &wstream {
+                self.finish_residual(s, ws, &bufs, ds.part.ptr, pending, rows)?;
             }
             self.launch(
                 s,

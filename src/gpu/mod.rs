@@ -22,6 +22,7 @@ pub(crate) mod device;
 mod engine;
 mod lt;
 pub mod probe;
+mod skinny;
 mod weights;
 
 use std::sync::Arc;
@@ -49,6 +50,12 @@ pub struct GpuOptions {
     pub prefix_slots: usize,
     /// Decoder slots (independent state/noise/actions and scratch).
     pub decoder_slots: usize,
+    /// Decoder weight GEMMs through the weight-streaming kernel (kernels/skinny.cu); false:
+    /// cuBLASLt (the reference path; also used for shapes the kernel does not cover).
+    pub weight_streaming: bool,
+    /// Programmatic dependent launches for the decoder's own kernels (Hopper and newer): the
+    /// next kernel prefetches its weights while the previous one finishes.
+    pub pdl: bool,
 }
 
 impl Default for GpuOptions {
@@ -60,6 +67,8 @@ impl Default for GpuOptions {
             max_chunk: 64,
             prefix_slots: 2,
             decoder_slots: 2,
+            weight_streaming: true,
+            pdl: true,
         }
     }
 }

@@ -181,9 +181,9 @@ pub fn time_embedding(t: f64, dim: usize, min_p: f64, max_p: f64) -> Vec<f64> {
 }
 
 impl Weights {
-    /// `skinny_decoder`: lay out the expert's q|k|v and gate|up rows for the skinny GEMM's fused
-    /// epilogues (`qkv_rope_order`, `gate_up_order`).
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, skinny_decoder: bool) -> Result<Self> {
+    /// `tiled_expert`: store the expert's four layer matrices in the weight-streaming kernel's
+    /// tiled layout (`skinny::tile_weights`) instead of row-major for cuBLASLt.
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, tiled_expert: bool) -> Result<Self> {
         let v = &cfg.vision;
         let (wv, fv) = (v.width, v.mlp_dim);
         let vd = v.num_heads * v.head_dim;
@@ -260,7 +260,7 @@ impl Weights {
         let embed = DBuf::from_slice(&src.bf16(keys::EMBED_TOKENS, &[cfg.vocab_size, wl])?)?;
 
         let llm = load_gemma(src, keys::LLM, &cfg.llm, false)?;
-        let exp = load_gemma(src, keys::EXPERT, &cfg.expert, skinny_decoder)?;
+        let exp = load_gemma(src, keys::EXPERT, &cfg.expert, tiled_expert)?;
 
         // Heads.
         let (e, a) = (cfg.expert.width, cfg.action_dim);
@@ -351,40 +351,6 @@ impl Weights {
     }
 }
 
-/// Row order of the expert's q|k|v weight for the skinny GEMM's RoPE epilogue: per head (q heads,
-/// then the k head) blocks of 8 dims of the first half followed by the same 8 dims of the second
-/// half; then v in natural order.
-pub fn qkv_rope_order(heads: usize, hd: usize) -> Vec<usize> {
-    let half = hd / 2;
-    let mut rows = Vec::with_capacity((heads + 2) * hd);
-    for h in 0..=heads {
-        for b in 0..half / 8 {
-            rows.extend((0..8).map(|i| h * hd + b * 8 + i));
-            rows.extend((0..8).map(|i| h * hd + half + b * 8 + i));
-        }
-    }
-    rows.extend((heads + 1) * hd..(heads + 2) * hd);
-    rows
-}
-
-/// Row order of gate|up for the GELU epilogue: blocks of 8 gate rows then the same 8 up rows.
-pub fn gate_up_order(f: usize) -> Vec<usize> {
-    let mut rows = Vec::with_capacity(2 * f);
-    for b in 0..f / 8 {
-        rows.extend(b * 8..b * 8 + 8);
-        rows.extend(f + b * 8..f + b * 8 + 8);
-    }
-    rows
-}
-
-fn permute_rows(w: &[f32], width: usize, order: &[usize]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(w.len());
-    for &r in order {
-        out.extend_from_slice(&w[r * width..(r + 1) * width]);
-    }
-    out
-}
-
 /// One Gemma layer on the host: ([pre, post] norm scales, [qkv, o, gate|up, down] weights).
 type HostGemmaLayer = ([Vec<f32>; 2], [Vec<bf16>; 4]);
 
@@ -392,7 +358,7 @@ fn load_gemma(
     src: &dyn WeightSource,
     prefix: &str,
     g: &crate::model::config::GemmaConfig,
-    skinny: bool,
+    tiled: bool,
 ) -> Result<Vec<GemmaLayer>> {
     let (w, f, qd, kd) = (g.width, g.mlp_dim, g.q_dim(), g.kv_dim());
     let mut out = Vec::new();
@@ -417,19 +383,23 @@ fn load_gemma(
                 qkv.extend(t("self_attn.v_proj.weight", &[kd, w])?);
                 let mut gu = t("mlp.gate_proj.weight", &[f, w])?;
                 gu.extend(t("mlp.up_proj.weight", &[f, w])?);
-                if skinny {
-                    qkv = permute_rows(&qkv, w, &qkv_rope_order(g.num_heads, g.head_dim));
-                    gu = permute_rows(&gu, w, &gate_up_order(f));
-                }
-                let cv =
-                    |v: Vec<f32>| -> Vec<bf16> { v.into_par_iter().map(bf16::from_f32).collect() };
+                // Shapes [n][k] of q|k|v, o, gate|up, down.
+                let shapes = [(qd + 2 * kd, w), (w, qd), (2 * f, w), (w, f)];
+                let cv = |v: Vec<f32>, m: usize| -> Vec<bf16> {
+                    let b: Vec<bf16> = v.into_par_iter().map(bf16::from_f32).collect();
+                    if tiled {
+                        super::skinny::tile_weights(&b, shapes[m].0, shapes[m].1)
+                    } else {
+                        b
+                    }
+                };
                 Ok((
                     [pre, post],
                     [
-                        cv(qkv),
-                        cv(t("self_attn.o_proj.weight", &[w, qd])?),
-                        cv(gu),
-                        cv(t("mlp.down_proj.weight", &[w, f])?),
+                        cv(qkv, 0),
+                        cv(t("self_attn.o_proj.weight", &[w, qd])?, 1),
+                        cv(gu, 2),
+                        cv(t("mlp.down_proj.weight", &[w, f])?, 3),
                     ],
                 ))
             })

@@ -1,0 +1,207 @@
+//! The action expert's Gemma block on the weight-streaming GEMM (kernels/skinny.cu).
+//!
+//! Same math as `Pi0Cuda::gemma_layer`, arranged around split-K partials: every weight GEMM
+//! writes fp32 partial sums to the slot's `part` buffer and the next kernel sums them in split
+//! order while doing its own job (RoPE + K/V write, residual + RMSNorm, GELU-gate). The down
+//! projection's partials stay pending and are added by the next layer's first norm (or by
+//! `finish_residual` after the last layer), so the residual stream is touched once per add.
+
+use super::*;
+use crate::gpu::skinny::{self, WgemmPlan};
+
+/// Weight-streaming settings fixed at engine construction.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WeightStreaming {
+    /// CTAs each weight GEMM aims for (split-K grows until reached).
+    pub target_ctas: usize,
+    /// Programmatic dependent launches for these kernels.
+    pub pdl: bool,
+}
+
+impl Pi0Cuda {
+    /// Plans a decoder weight GEMM of `rows` × `n` × `k`.
+    fn wplan(&self, ws: &WeightStreaming, rows: usize, n: usize, k: usize) -> WgemmPlan {
+        skinny::plan(rows, n, k, ws.target_ctas)
+    }
+
+    /// part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ; returns the split count.
+    #[allow(clippy::too_many_arguments)]
+    fn wgemm(
+        &self,
+        s: sys::CUstream,
+        ws: &WeightStreaming,
+        x: u64,
+        ldx: usize,
+        w: u64,
+        part: u64,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<usize> {
+        let p = self.wplan(ws, rows, n, k);
+        self.kernels.launch_ex(
+            p.kernel,
+            p.grid,
+            128,
+            p.smem,
+            s,
+            &[
+                A::P(x),
+                A::I(ldx as i32),
+                A::P(w),
+                A::I(k as i32),
+                A::P(part),
+                A::I(n as i32),
+                A::I(rows as i32),
+                A::I(p.kps as i32),
+            ],
+            ws.pdl,
+        )?;
+        Ok(p.splits)
+    }
+
+    /// x += the pending partials; then xn = RMSNorm(x)·scale when `scale` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn resid_rms(
+        &self,
+        s: sys::CUstream,
+        ws: &WeightStreaming,
+        b: &GemmaBufs,
+        part: u64,
+        splits: usize,
+        rows: usize,
+        width: usize,
+        scale: Option<u64>,
+        eps: f32,
+    ) -> Result<()> {
+        let threads = (width / 4).div_ceil(32) * 32;
+        self.kernels.launch_ex(
+            K::ResidRms,
+            (rows as u32, 1, 1),
+            threads as u32,
+            0,
+            s,
+            &[
+                A::P(b.x),
+                A::P(part),
+                A::I(splits as i32),
+                A::I(rows as i32),
+                A::I(width as i32),
+                A::P(if scale.is_some() { b.xn } else { 0 }),
+                A::P(scale.unwrap_or(0)),
+                A::F(eps),
+            ],
+            ws.pdl,
+        )
+    }
+
+    /// Whether the weight-streaming kernel covers the expert of `cfg` for up to `max_rows` token
+    /// rows (decided once: the expert weights are stored in its tiled layout).
+    pub(super) fn weight_streaming_fits(cfg: &ModelConfig, d: &Dims, max_rows: usize) -> bool {
+        let g = &cfg.expert;
+        [g.width, d.heads * d.hd, g.mlp_dim]
+            .iter()
+            .all(|&k| skinny::supports(max_rows, k))
+            && g.width % 4 == 0
+            && g.mlp_dim % 4 == 0
+    }
+
+    /// One expert layer; `pending` are the previous layer's down-projection splits still to be
+    /// added to the residual (0 for the first layer). Returns this layer's pending splits.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn expert_layer(
+        &self,
+        s: sys::CUstream,
+        lt: &mut LtCache,
+        ws: &WeightStreaming,
+        l: &GemmaLayer,
+        rows: usize,
+        b: &GemmaBufs,
+        part: u64,
+        pending: usize,
+        at: &LayerAttention,
+    ) -> Result<usize> {
+        let g = &self.cfg.expert;
+        let (w, f) = (g.width, g.mlp_dim);
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let qkvw = self.d.qkv_e;
+        let eps = g.rms_norm_eps;
+        self.resid_rms(s, ws, b, part, pending, rows, w, Some(l.pre.ptr), eps)?;
+        let splits = self.wgemm(s, ws, b.xn, w, l.qkv_w.ptr, part, rows, qkvw, w)?;
+        let first = (at.first_row * hd) as u64 * 2;
+        self.kernels.launch_ex(
+            K::RopePart,
+            (rows as u32, (hh + 2) as u32, 1),
+            128,
+            0,
+            s,
+            &[
+                A::P(part),
+                A::I(splits as i32),
+                A::I(rows as i32),
+                A::P(b.q),
+                A::P(at.k + first),
+                A::P(at.v + first),
+                A::I(hh as i32),
+                A::I(1),
+                A::I(hd as i32),
+                A::I(at.first_row as i32),
+                A::P(at.rope),
+            ],
+            ws.pdl,
+        )?;
+        self.attend(s, lt, rows, b, at)?;
+        let splits = self.wgemm(s, ws, b.attn, hh * hd, l.o_w.ptr, part, rows, w, hh * hd)?;
+        self.resid_rms(s, ws, b, part, splits, rows, w, Some(l.post.ptr), eps)?;
+        let splits = self.wgemm(s, ws, b.xn, w, l.gu_w.ptr, part, rows, 2 * f, w)?;
+        let n4 = (rows * f).div_ceil(4);
+        self.kernels.launch_ex(
+            K::GeluPart,
+            (n4.div_ceil(256) as u32, 1, 1),
+            256,
+            0,
+            s,
+            &[
+                A::P(part),
+                A::I(splits as i32),
+                A::I(rows as i32),
+                A::I(f as i32),
+                A::P(b.h),
+            ],
+            ws.pdl,
+        )?;
+        self.wgemm(s, ws, b.h, f, l.down_w.ptr, part, rows, w, f)
+    }
+
+    /// Adds the last layer's pending down-projection partials to the residual stream.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_residual(
+        &self,
+        s: sys::CUstream,
+        ws: &WeightStreaming,
+        b: &GemmaBufs,
+        part: u64,
+        pending: usize,
+        rows: usize,
+    ) -> Result<()> {
+        let g = &self.cfg.expert;
+        self.resid_rms(s, ws, b, part, pending, rows, g.width, None, g.rms_norm_eps)
+    }
+
+    /// Bytes of split-K partials the expert needs for `rows` token rows (the largest of its
+    /// four weight GEMMs).
+    pub(super) fn partial_bytes(
+        cfg: &ModelConfig,
+        d: &Dims,
+        ws: &WeightStreaming,
+        rows: usize,
+    ) -> usize {
+        let g = &cfg.expert;
+        let (w, f, a) = (g.width, g.mlp_dim, d.heads * d.hd);
+        [(d.qkv_e, w), (w, a), (2 * f, w), (w, f)]
+            .iter()
+            .map(|&(n, k)| skinny::plan(rows, n, k, ws.target_ctas).splits * rows * n * 4)
+            .max()
+            .unwrap_or(0)
+    }
+}
