@@ -1,32 +1,4 @@
-// Attention pieces around the cuBLASLt GEMMs: RoPE + K/V-cache write, and the fp32 softmax.
-
-// Split-half RoPE (openpi `_apply_rope`) on q and k, K/V-cache write. Block (t, h): head h of
-// token t (q heads, then k heads, then one block copying v). cos/sin come from a table
-// [position][D/2] of float2 computed once on the host in f64.
-// qkv row: [q (H*D) | k (Hkv*D) | v (Hkv*D)] with leading dimension `ld`.
-// q_out: [T][H][D]; k_out / v_out: rows [T][Hkv*D] (the layer's K/V cache at the right row).
-extern "C" __global__ void rope_qkv_k(const bf16_t* __restrict__ qkv, int ld,
-                                      bf16_t* __restrict__ q_out, bf16_t* __restrict__ k_out,
-                                      bf16_t* __restrict__ v_out, int H, int Hkv, int D, int pos0,
-                                      const float2* __restrict__ table) {
-    const int t = blockIdx.x, h = blockIdx.y;
-    const int half = D / 2;
-    const bf16_t* row = qkv + (size_t)t * ld;
-    if (h == H + Hkv) {
-        const bf16_t* vsrc = row + (H + Hkv) * D;
-        for (int i = threadIdx.x; i < Hkv * D; i += blockDim.x) v_out[(size_t)t * Hkv * D + i] = vsrc[i];
-        return;
-    }
-    const float2* cs = table + (size_t)(pos0 + t) * half;
-    const bf16_t* src = row + h * D;  // q heads then k heads are contiguous
-    bf16_t* dst = (h < H) ? (q_out + ((size_t)t * H + h) * D) : (k_out + ((size_t)t * Hkv + (h - H)) * D);
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float2 c = cs[i];
-        const float x1 = b2f(src[i]), x2 = b2f(src[i + half]);
-        dst[i] = f2b(x1 * c.x - x2 * c.y);
-        dst[i + half] = f2b(x2 * c.x + x1 * c.y);
-    }
-}
+// The fp32 softmax between the attention GEMMs (RoPE + K/V-cache write: rope_part_k in skinny.cu).
 
 #define SM_MAXC 32  // register-resident row up to 1024 keys
 

@@ -252,8 +252,10 @@ DEV float4 part_sum4(const float* __restrict__ part, int splits, int rows, int n
     return v;
 }
 
-// QKV partials -> split-half RoPE on q and k (fp32, then one rounding) -> q [T][H][D] and the
-// K/V cache rows. Block (t, h) as rope_qkv_k: q heads, k heads, then one block for v.
+// QKV partials -> split-half RoPE (openpi `_apply_rope`) on q and k in fp32, then one rounding
+// -> q [T][H][D] and the K/V cache rows. Block (t, h): q heads, k heads, then one block copying
+// v. Also the LLM's RoPE, with splits = 1 on its cuBLASLt QKV GEMM's fp32 output. cos/sin come
+// from a table [position][D/2] of float2 computed once on the host in f64.
 extern "C" __global__ void rope_part_k(const float* __restrict__ part, int splits, int rows,
                                        bf16_t* __restrict__ q_out, bf16_t* __restrict__ k_out,
                                        bf16_t* __restrict__ v_out, int H, int Hkv, int D, int pos0,

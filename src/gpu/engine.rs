@@ -353,7 +353,7 @@ impl Pi0Cuda {
                 h_v: DBuf::new(tv * fv * bf)?,
                 xl: DBuf::new(pmax * wl * 4)?,
                 xln: DBuf::new(pmax * wl * bf)?,
-                qkv_l: DBuf::new(pmax * d.qkv_l * bf)?,
+                qkv_l: DBuf::new(pmax * d.qkv_l * 4)?,
                 q_l: DBuf::new(pmax * heads * hd * bf)?,
                 s_l: DBuf::new(pmax * heads * r8(pmax) * 4)?,
                 p_l: DBuf::new(pmax * heads * r8(pmax) * bf)?,
@@ -385,7 +385,7 @@ impl Pi0Cuda {
                 state_row: DBuf::new(we * 4)?,
                 x: DBuf::new(rows * we * 4)?,
                 xn: DBuf::new(rows * we * bf)?,
-                qkv: DBuf::new(rows * d.qkv_e * bf)?,
+                qkv: DBuf::new(rows * d.qkv_e * 4)?,
                 gu: DBuf::new(rows * 2 * fe * bf)?,
                 hin: DBuf::new(max_chunk * we * bf)?,
                 q: DBuf::new(rows * heads * hd * bf)?,
@@ -902,18 +902,21 @@ impl Pi0Cuda {
             )
         };
         rms(b.x, b.xn, l.pre.ptr)?;
-        let qkv = Gemm::linear(rows, qkvw, w);
+        // q|k|v in fp32 so that RoPE rounds to bf16 once (the weight-streaming decoder does the
+        // same from its fp32 partials).
+        let qkv = Gemm::linear(rows, qkvw, w).f32out();
         lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
         let first = (at.first_row * hd) as u64 * 2;
         self.kernels.launch(
-            K::Rope,
+            K::RopePart,
             (rows as u32, (hh + 2) as u32, 1),
             128,
             0,
             s,
             &[
                 A::P(b.qkv),
-                A::I(qkvw as i32),
+                A::I(1),
+                A::I(rows as i32),
                 A::P(b.q),
                 A::P(at.k + first),
                 A::P(at.v + first),
