@@ -70,6 +70,22 @@ fn rope_table(positions: usize, d: usize, base: f32) -> Result<DBuf> {
     DBuf::from_slice(&t)
 }
 
+/// Binds the context `stream` belongs to: the engine's own, or an MPS execution-affinity
+/// context, whose SM limit then applies to every launch (cuBLASLt's too).
+fn bind_stream_context(stream: &Arc<CudaStream>) -> Result<()> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::Gpu(format!("binding the stream's context: {e:?}")))
+}
+
+fn current_context() -> Result<usize> {
+    let mut c = std::ptr::null_mut();
+    // SAFETY: plain query.
+    cu(unsafe { sys::cuCtxGetCurrent(&mut c) }, "cuCtxGetCurrent")?;
+    Ok(c as usize)
+}
+
 fn r8(x: usize) -> usize {
     x.div_ceil(8) * 8
 }
@@ -124,12 +140,42 @@ impl Event {
     }
 }
 
+/// Fence of a slot's pinned staging buffer: the event recorded after the last copy out of it.
+/// Events belong to a context and the stages may run in MPS contexts, so the event is made
+/// anew in the context of the stream it is recorded on when that changes.
+struct StagingFence(Mutex<Option<(usize, Event)>>);
+
+impl StagingFence {
+    fn new() -> Self {
+        StagingFence(Mutex::new(None))
+    }
+    /// Waits until the last recorded copy has finished.
+    fn sync(&self) -> Result<()> {
+        match &*self.0.lock().unwrap() {
+            Some((_, e)) => e.sync(),
+            None => Ok(()),
+        }
+    }
+    /// Records on `s`, whose context is bound to this thread.
+    fn record(&self, s: sys::CUstream) -> Result<()> {
+        let ctx = current_context()?;
+        let mut slot = self.0.lock().unwrap();
+        if slot.as_ref().is_none_or(|(c, _)| *c != ctx) {
+            if let Some((_, old)) = slot.take() {
+                old.sync()?;
+            }
+            *slot = Some((ctx, Event::new()?));
+        }
+        slot.as_ref().unwrap().1.record(s)
+    }
+}
+
 /// One prefix (encoder) slot: inputs, scratch, the K/V cache it produces.
 struct PrefixSlot {
     img: DBuf,
     tokens: DBuf,
     staging: Pinned,
-    staged: Event,
+    staged: StagingFence,
     patches: DBuf,
     xv: DBuf,
     xvn: DBuf,
@@ -161,7 +207,7 @@ struct DecoderSlot {
     x_t: DBuf,
     state: DBuf,
     staging: Pinned,
-    staged: Event,
+    staged: StagingFence,
     state_row: DBuf,
     x: DBuf,
     xn: DBuf,
@@ -190,7 +236,9 @@ pub struct Pi0Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
-    lth: LtHandle,
+    /// cuBLASLt handles by CUDA context (the primary one, and each MPS execution-affinity
+    /// context the stages run in).
+    lth: Mutex<HashMap<usize, Arc<LtHandle>>>,
     w: Weights,
     pslots: Vec<PrefixSlot>,
     dslots: Vec<DecoderSlot>,
@@ -277,7 +325,10 @@ impl Pi0Cuda {
             .map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
         let stream = drv(ctx.new_stream(), "creating a stream")?;
         let kernels = Kernels::load(major, minor)?;
-        let lth = LtHandle::new()?;
+        let lth = Mutex::new(HashMap::from([(
+            current_context()?,
+            Arc::new(LtHandle::new()?),
+        )]));
         let v = &cfg.vision;
         let tpv = v.tokens_per_view();
         let max_views = opts.max_views.min(cfg.num_views);
@@ -342,7 +393,7 @@ impl Pi0Cuda {
                 img: DBuf::new(img_bytes)?,
                 tokens: DBuf::new(max_prompt.max(1) * 4)?,
                 staging: Pinned::new(img_bytes + max_prompt.max(1) * 4)?,
-                staged: Event::new()?,
+                staged: StagingFence::new(),
                 patches: DBuf::new(tv * w.pd_pad * bf)?,
                 xv: DBuf::new(tv * wv * 4)?,
                 xvn: DBuf::new(tv * wv * bf)?,
@@ -381,7 +432,7 @@ impl Pi0Cuda {
                 x_t: DBuf::new(max_chunk * a * 4)?,
                 state: DBuf::new(a * 4)?,
                 staging: Pinned::new((max_chunk + 1) * a * 4)?,
-                staged: Event::new()?,
+                staged: StagingFence::new(),
                 state_row: DBuf::new(we * 4)?,
                 x: DBuf::new(rows * we * 4)?,
                 xn: DBuf::new(rows * we * bf)?,
@@ -476,6 +527,18 @@ impl Pi0Cuda {
         })
     }
 
+    /// The cuBLASLt handle of the context bound to this thread (made on first use there).
+    fn lt_handle(&self) -> Result<Arc<LtHandle>> {
+        let ctx = current_context()?;
+        let mut map = self.lth.lock().unwrap();
+        if let Some(h) = map.get(&ctx) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(LtHandle::new()?);
+        map.insert(ctx, h.clone());
+        Ok(h)
+    }
+
     fn launch(
         &self,
         s: sys::CUstream,
@@ -515,9 +578,7 @@ impl Pi0Cuda {
                 self.d.max_prompt
             )));
         }
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bind_stream_context(stream)?;
         p.staged.sync()?; // the previous upload from the staging buffer has finished
         let px = views.first().map(|v| v.len()).unwrap_or(0);
         let base = p.staging.as_mut_ptr();
@@ -568,9 +629,7 @@ impl Pi0Cuda {
             )));
         }
         let ds = self.dslot(dec)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bind_stream_context(stream)?;
         ds.staged.sync()?;
         let base = ds.staging.as_mut_ptr();
         // SAFETY: staging holds (max_chunk + 1) * a floats.
@@ -595,9 +654,7 @@ impl Pi0Cuda {
     pub fn download_actions(&self, stream: &Arc<CudaStream>, dec: usize) -> Result<Vec<f32>> {
         let ds = self.dslot(dec)?;
         let n = self.chunk(dec) * self.cfg.action_dim;
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bind_stream_context(stream)?;
         ds.staged.sync()?;
         let base = ds.staging.as_mut_ptr();
         dtoh_async(base, ds.x_t.ptr, n * 4, stream.cu_stream())?;
@@ -621,9 +678,7 @@ impl Pi0Cuda {
                 "prefix slot {slot} holds no observation (upload_observation first)"
             )));
         }
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bind_stream_context(stream)?;
         let s = stream.cu_stream();
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
@@ -647,7 +702,8 @@ impl Pi0Cuda {
         let tpv = self.d.tpv;
         let t = nv * tpv;
         let pd = self.w.pd_pad;
-        let h = &self.lth;
+        let handle = self.lt_handle()?;
+        let h = &*handle;
         let eps = v.layernorm_eps;
         let bf = 2u64;
         self.launch(
@@ -883,7 +939,8 @@ impl Pi0Cuda {
     ) -> Result<()> {
         let (w, f) = (g.width, g.mlp_dim);
         let (hh, hd) = (self.d.heads, self.d.hd);
-        let h = &self.lth;
+        let handle = self.lt_handle()?;
+        let h = &*handle;
         let rms = |x: u64, y: u64, scale: u64| {
             self.launch(
                 s,
@@ -960,7 +1017,8 @@ impl Pi0Cuda {
         at: &LayerAttention,
     ) -> Result<()> {
         let (hh, hd) = (self.d.heads, self.d.hd);
-        let h = &self.lth;
+        let handle = self.lt_handle()?;
+        let h = &*handle;
         let (qr, lds) = (rows * hh, at.lds);
         lt.matmul(
             h,
@@ -1032,9 +1090,7 @@ impl Pi0Cuda {
                 "decoder slot {dec} has no inputs (upload_decoder_inputs first)"
             )));
         }
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        bind_stream_context(stream)?;
         let s = stream.cu_stream();
         let mut lt = ds.lt.lock().unwrap();
         let lt = &mut *lt;
@@ -1058,7 +1114,8 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let a = self.cfg.action_dim;
         let bf = 2u64;
-        let h = &self.lth;
+        let handle = self.lt_handle()?;
+        let h = &*handle;
         let rows = c + 1;
         let kvl = pl + rows;
         let lds = r8(kvl);

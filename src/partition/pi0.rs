@@ -8,10 +8,9 @@
 //!   path while frames keep running). The first frame of a shape runs eagerly anyway, so
 //!   cuBLASLt heuristics are cached before any capture.
 //! * The pipeline uses decoder slot 0 only (decoder frames are serialised).
-//! * MPS backend: the enqueue functions bind the engine's primary context (`self.ctx`) before
-//!   launching; on an MPS execution-affinity stream the launch must happen in the stream's own
-//!   context (`stream.context().bind_to_thread()`), and cuBLASLt handles are per context. Until
-//!   then the MPS backend is for the synthetic stages (the pipeline reports the error).
+//! * MPS backend: the engine's stage functions bind the context of the stream they are given
+//!   (an MPS execution-affinity context here), keep one cuBLASLt handle per context, and make
+//!   their staging-buffer events in that context; its memory (primary context) is used as is.
 
 use std::sync::Arc;
 
