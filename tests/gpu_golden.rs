@@ -57,6 +57,25 @@ fn gpu_golden_pi0_tiny() {
     run_golden("pi0-tiny", &tiny_dir(), GpuOptions::default());
 }
 
+/// The reference decoder path (cuBLASLt weight GEMMs) and the streaming one without programmatic
+/// dependent launches: same golden limits.
+#[test]
+fn gpu_golden_pi0_tiny_other_decoder_paths() {
+    if skip("gpu_golden_pi0_tiny_other_decoder_paths") {
+        return;
+    }
+    let cublaslt = GpuOptions {
+        weight_streaming: false,
+        ..GpuOptions::default()
+    };
+    run_golden("pi0-tiny (cuBLASLt decoder)", &tiny_dir(), cublaslt);
+    let no_pdl = GpuOptions {
+        pdl: false,
+        ..GpuOptions::default()
+    };
+    run_golden("pi0-tiny (no PDL)", &tiny_dir(), no_pdl);
+}
+
 #[test]
 fn gpu_golden_pi0_tiny_asym() {
     if skip("gpu_golden_pi0_tiny_asym") {

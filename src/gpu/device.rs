@@ -208,7 +208,6 @@ macro_rules! kernels {
 
 kernels! {
     LayerNorm = "layernorm_k",
-    RmsNorm = "rmsnorm_k",
     Softmax = "softmax_k",
     Patchify = "patchify_k",
     Embed = "embed_k",

@@ -86,6 +86,11 @@ fn current_context() -> Result<usize> {
     Ok(c as usize)
 }
 
+/// Threads of a one-block-per-row norm kernel: 4 values each, whole warps.
+pub(super) fn row_threads(width: usize) -> u32 {
+    ((width / 4).div_ceil(32) * 32) as u32
+}
+
 fn r8(x: usize) -> usize {
     x.div_ceil(8) * 8
 }
@@ -315,6 +320,12 @@ impl Pi0Cuda {
                 name: "GpuOptions".into(),
                 reason: "sizes and slot counts must be > 0".into(),
             });
+        }
+        let widths = [cfg.vision.width, cfg.llm.width, cfg.expert.width];
+        if widths.iter().any(|&w| w % 4 != 0 || w > 4096) {
+            return Err(Error::Gpu(format!(
+                "model widths {widths:?}: the norm kernels need multiples of 4 up to 4096"
+            )));
         }
         if cfg.action_dim > 128 {
             return Err(Error::Gpu(
@@ -737,8 +748,8 @@ impl Pi0Cuda {
             self.launch(
                 s,
                 K::LayerNorm,
-                t.div_ceil(8) as u32,
-                256,
+                t as u32,
+                row_threads(wv),
                 0,
                 &[
                     A::P(x),
@@ -941,20 +952,23 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let handle = self.lt_handle()?;
         let h = &*handle;
+        // RMSNorm with no pending partials: resid_rms_k, one block per token row.
         let rms = |x: u64, y: u64, scale: u64| {
             self.launch(
                 s,
-                K::RmsNorm,
-                rows.div_ceil(8) as u32,
-                256,
+                K::ResidRms,
+                rows as u32,
+                row_threads(w),
                 0,
                 &[
                     A::P(x),
-                    A::P(y),
-                    A::I(w as i32),
-                    A::F(g.rms_norm_eps),
-                    A::P(scale),
+                    A::P(0),
+                    A::I(0),
                     A::I(rows as i32),
+                    A::I(w as i32),
+                    A::P(y),
+                    A::P(scale),
+                    A::F(g.rms_norm_eps),
                 ],
             )
         };

@@ -74,11 +74,10 @@ impl Pi0Cuda {
         scale: Option<u64>,
         eps: f32,
     ) -> Result<()> {
-        let threads = (width / 4).div_ceil(32) * 32;
         self.kernels.launch_ex(
             K::ResidRms,
             (rows as u32, 1, 1),
-            threads as u32,
+            row_threads(width),
             0,
             s,
             &[
