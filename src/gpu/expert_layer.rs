@@ -7,7 +7,7 @@
 //! `finish_residual` after the last layer), so the residual stream is touched once per add.
 
 use super::*;
-use crate::gpu::skinny::{self, WgemmPlan};
+use crate::gpu::skinny;
 
 /// Weight-streaming settings fixed at engine construction.
 #[derive(Clone, Copy, Debug)]
@@ -19,11 +19,6 @@ pub(super) struct WeightStreaming {
 }
 
 impl Pi0Cuda {
-    /// Plans a decoder weight GEMM of `rows` × `n` × `k`.
-    fn wplan(&self, ws: &WeightStreaming, rows: usize, n: usize, k: usize) -> WgemmPlan {
-        skinny::plan(rows, n, k, ws.target_ctas)
-    }
-
     /// part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ; returns the split count.
     #[allow(clippy::too_many_arguments)]
     fn wgemm(
@@ -38,7 +33,7 @@ impl Pi0Cuda {
         n: usize,
         k: usize,
     ) -> Result<usize> {
-        let p = self.wplan(ws, rows, n, k);
+        let p = skinny::plan(rows, n, k, ws.target_ctas);
         self.kernels.launch_ex(
             p.kernel,
             p.grid,

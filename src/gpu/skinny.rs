@@ -47,7 +47,7 @@ fn smem_bytes(token_tiles: usize) -> usize {
     (BN + 8 * token_tiles) * BK * 2 * STAGES + 8 * STAGES
 }
 
-/// The largest dynamic shared memory any variant asks for (set once per kernel).
+/// Every variant with the dynamic shared memory it needs (raised once per kernel at start-up).
 pub fn variants() -> [(K, usize); 5] {
     [
         (K::Wgemm2, smem_bytes(2)),
