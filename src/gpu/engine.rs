@@ -952,52 +952,15 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let handle = self.lt_handle()?;
         let h = &*handle;
-        // RMSNorm with no pending partials: resid_rms_k, one block per token row.
-        let rms = |x: u64, y: u64, scale: u64| {
-            self.launch(
-                s,
-                K::ResidRms,
-                rows as u32,
-                row_threads(w),
-                0,
-                &[
-                    A::P(x),
-                    A::P(0),
-                    A::I(0),
-                    A::I(rows as i32),
-                    A::I(w as i32),
-                    A::P(y),
-                    A::P(scale),
-                    A::F(g.rms_norm_eps),
-                ],
-            )
-        };
-        rms(b.x, b.xn, l.pre.ptr)?;
+        let eps = g.rms_norm_eps;
+        let rms =
+            |scale: u64| self.resid_rms(s, false, b.x, (0, 0), rows, w, Some((b.xn, scale)), eps);
+        rms(l.pre.ptr)?;
         // q|k|v in fp32 so that RoPE rounds to bf16 once (the weight-streaming decoder does the
         // same from its fp32 partials).
         let qkv = Gemm::linear(rows, qkvw, w).f32out();
         lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
-        let first = (at.first_row * hd) as u64 * 2;
-        self.kernels.launch(
-            K::RopePart,
-            (rows as u32, (hh + 2) as u32, 1),
-            128,
-            0,
-            s,
-            &[
-                A::P(b.qkv),
-                A::I(1),
-                A::I(rows as i32),
-                A::P(b.q),
-                A::P(at.k + first),
-                A::P(at.v + first),
-                A::I(hh as i32),
-                A::I(1),
-                A::I(hd as i32),
-                A::I(at.first_row as i32),
-                A::P(at.rope),
-            ],
-        )?;
+        self.rope_kv(s, false, (b.qkv, 1), rows, b, at)?;
         if kv_only {
             return Ok(());
         }
@@ -1005,7 +968,7 @@ impl Pi0Cuda {
         // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
-        rms(b.x, b.xn, l.post.ptr)?;
+        rms(l.post.ptr)?;
         let gate_up = Gemm::linear(rows, 2 * f, w);
         lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
         let n8 = (rows * f).div_ceil(8);
@@ -1018,6 +981,78 @@ impl Pi0Cuda {
             &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
         )?;
         lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
+    }
+
+    /// Residual + RMSNorm on `rows` rows of the fp32 stream `x` (resid_rms_k, one block per
+    /// row): x += the `add` = (pointer, splits) fp32 partial sums (0 splits: nothing to add);
+    /// then, with `norm` = (y, scale), y = RMSNorm(x)·scale in bf16.
+    #[allow(clippy::too_many_arguments)]
+    fn resid_rms(
+        &self,
+        s: sys::CUstream,
+        pdl: bool,
+        x: u64,
+        add: (u64, usize),
+        rows: usize,
+        width: usize,
+        norm: Option<(u64, u64)>,
+        eps: f32,
+    ) -> Result<()> {
+        let (y, scale) = norm.unwrap_or((0, 0));
+        self.kernels.launch_ex(
+            K::ResidRms,
+            (rows as u32, 1, 1),
+            row_threads(width),
+            0,
+            s,
+            &[
+                A::P(x),
+                A::P(add.0),
+                A::I(add.1 as i32),
+                A::I(rows as i32),
+                A::I(width as i32),
+                A::P(y),
+                A::P(scale),
+                A::F(eps),
+            ],
+            pdl,
+        )
+    }
+
+    /// RoPE (rope_part_k) of q|k|v held as `qkv` = (pointer, splits) fp32 partial sums (one
+    /// split for a cuBLASLt output): q into `b.q`, k and v into the layer's cache rows.
+    fn rope_kv(
+        &self,
+        s: sys::CUstream,
+        pdl: bool,
+        qkv: (u64, usize),
+        rows: usize,
+        b: &GemmaBufs,
+        at: &LayerAttention,
+    ) -> Result<()> {
+        let (hh, hd) = (self.d.heads, self.d.hd);
+        let first = (at.first_row * hd) as u64 * 2;
+        self.kernels.launch_ex(
+            K::RopePart,
+            (rows as u32, (hh + 2) as u32, 1),
+            128,
+            0,
+            s,
+            &[
+                A::P(qkv.0),
+                A::I(qkv.1 as i32),
+                A::I(rows as i32),
+                A::P(b.q),
+                A::P(at.k + first),
+                A::P(at.v + first),
+                A::I(hh as i32),
+                A::I(1),
+                A::I(hd as i32),
+                A::I(at.first_row as i32),
+                A::P(at.rope),
+            ],
+            pdl,
+        )
     }
 
     /// Attention of `rows` query tokens (q in `b.q`, [rows][heads][hd]) over the layer's K/V
@@ -1175,7 +1210,6 @@ impl Pi0Cuda {
             gu: ds.gu.ptr,
             h: ds.h.ptr,
         };
-        let wstream = self.wstream;
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(
@@ -1218,7 +1252,7 @@ impl Pi0Cuda {
                     mask_keys: pl + 1,
                     rope: self.rope_exp.ptr,
                 };
-                match &wstream {
+                match &self.wstream {
                     Some(ws) => {
                         pending =
                             self.expert_layer(s, lt, ws, l, rows, &bufs, ds.part.ptr, pending, &at)?
@@ -1226,7 +1260,7 @@ impl Pi0Cuda {
                     None => self.gemma_layer(s, lt, g, l, qkvw, rows, &bufs, &at, false)?,
                 }
             }
-            if let Some(ws) = &wstream {
+            if let Some(ws) = &self.wstream {
                 self.finish_residual(s, ws, &bufs, ds.part.ptr, pending, rows)?;
             }
             self.launch(
@@ -1324,6 +1358,17 @@ impl Pi0Cuda {
 
     // ------------------------------------------------------------------ whole inference
 
+    /// Graph keys of `forward`'s encoder and decoder (slot 0, shapes uploaded last).
+    fn forward_graph_keys(&self) -> (GraphKey, GraphKey) {
+        let p = &self.pslots[0];
+        let views = p.nv.load(Ordering::Acquire);
+        let tokens = p.ntok.load(Ordering::Acquire);
+        (
+            (0, 0, 0, views, tokens),
+            (1, 0, 0, self.prefix_len(0), self.chunk(0)),
+        )
+    }
+
     /// The fastest path: encoder and decoder as CUDA graphs on the engine's stream, whole GPU.
     /// Graphs are captured on the first call for each (views, prompt length, chunk); that call
     /// runs eagerly.
@@ -1331,15 +1376,7 @@ impl Pi0Cuda {
         let st = self.stream.clone();
         self.upload_observation(&st, 0, input)?;
         self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
-        let p = &self.pslots[0];
-        let ek = (
-            0u8,
-            0usize,
-            0usize,
-            p.nv.load(Ordering::Acquire),
-            p.ntok.load(Ordering::Acquire),
-        );
-        let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
+        let (ek, dk) = self.forward_graph_keys();
         let have = {
             let g = self.graphs.lock().unwrap();
             g.contains_key(&ek) && g.contains_key(&dk)
@@ -1390,15 +1427,7 @@ impl Pi0Cuda {
         let _ = self.forward(input, noise)?;
         self.upload_observation(&st, 0, input)?;
         self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
-        let p = &self.pslots[0];
-        let ek = (
-            0u8,
-            0usize,
-            0usize,
-            p.nv.load(Ordering::Acquire),
-            p.ntok.load(Ordering::Acquire),
-        );
-        let dk = (1u8, 0usize, 0usize, self.prefix_len(0), self.chunk(0));
+        let (ek, dk) = self.forward_graph_keys();
         let ev: Vec<_> = (0..3)
             .map(|_| {
                 self.ctx

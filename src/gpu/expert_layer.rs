@@ -55,40 +55,6 @@ impl Pi0Cuda {
         Ok(p.splits)
     }
 
-    /// x += the pending partials; then xn = RMSNorm(x)·scale when `scale` is given.
-    #[allow(clippy::too_many_arguments)]
-    fn resid_rms(
-        &self,
-        s: sys::CUstream,
-        ws: &WeightStreaming,
-        b: &GemmaBufs,
-        part: u64,
-        splits: usize,
-        rows: usize,
-        width: usize,
-        scale: Option<u64>,
-        eps: f32,
-    ) -> Result<()> {
-        self.kernels.launch_ex(
-            K::ResidRms,
-            (rows as u32, 1, 1),
-            row_threads(width),
-            0,
-            s,
-            &[
-                A::P(b.x),
-                A::P(part),
-                A::I(splits as i32),
-                A::I(rows as i32),
-                A::I(width as i32),
-                A::P(if scale.is_some() { b.xn } else { 0 }),
-                A::P(scale.unwrap_or(0)),
-                A::F(eps),
-            ],
-            ws.pdl,
-        )
-    }
-
     /// Whether the weight-streaming kernel covers the expert of `cfg` for up to `max_rows` token
     /// rows (decided once: the expert weights are stored in its tiled layout).
     pub(super) fn weight_streaming_fits(cfg: &ModelConfig, d: &Dims, max_rows: usize) -> bool {
@@ -96,8 +62,6 @@ impl Pi0Cuda {
         [g.width, d.heads * d.hd, g.mlp_dim]
             .iter()
             .all(|&k| skinny::supports(max_rows, k))
-            && g.width % 4 == 0
-            && g.mlp_dim % 4 == 0
     }
 
     /// One expert layer; `pending` are the previous layer's down-projection splits still to be
@@ -120,33 +84,15 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let qkvw = self.d.qkv_e;
         let eps = g.rms_norm_eps;
-        self.resid_rms(s, ws, b, part, pending, rows, w, Some(l.pre.ptr), eps)?;
+        let norm = |add: (u64, usize), scale: u64| {
+            self.resid_rms(s, ws.pdl, b.x, add, rows, w, Some((b.xn, scale)), eps)
+        };
+        norm((part, pending), l.pre.ptr)?;
         let splits = self.wgemm(s, ws, b.xn, w, l.qkv_w.ptr, part, rows, qkvw, w)?;
-        let first = (at.first_row * hd) as u64 * 2;
-        self.kernels.launch_ex(
-            K::RopePart,
-            (rows as u32, (hh + 2) as u32, 1),
-            128,
-            0,
-            s,
-            &[
-                A::P(part),
-                A::I(splits as i32),
-                A::I(rows as i32),
-                A::P(b.q),
-                A::P(at.k + first),
-                A::P(at.v + first),
-                A::I(hh as i32),
-                A::I(1),
-                A::I(hd as i32),
-                A::I(at.first_row as i32),
-                A::P(at.rope),
-            ],
-            ws.pdl,
-        )?;
+        self.rope_kv(s, ws.pdl, (part, splits), rows, b, at)?;
         self.attend(s, lt, rows, b, at)?;
         let splits = self.wgemm(s, ws, b.attn, hh * hd, l.o_w.ptr, part, rows, w, hh * hd)?;
-        self.resid_rms(s, ws, b, part, splits, rows, w, Some(l.post.ptr), eps)?;
+        norm((part, splits), l.post.ptr)?;
         let splits = self.wgemm(s, ws, b.xn, w, l.gu_w.ptr, part, rows, 2 * f, w)?;
         let n4 = (rows * f).div_ceil(4);
         self.kernels.launch_ex(
@@ -179,7 +125,16 @@ impl Pi0Cuda {
         rows: usize,
     ) -> Result<()> {
         let g = &self.cfg.expert;
-        self.resid_rms(s, ws, b, part, pending, rows, g.width, None, g.rms_norm_eps)
+        self.resid_rms(
+            s,
+            ws.pdl,
+            b.x,
+            (part, pending),
+            rows,
+            g.width,
+            None,
+            g.rms_norm_eps,
+        )
     }
 
     /// Bytes of split-K partials the expert needs for `rows` token rows (the largest of its
