@@ -207,6 +207,18 @@ enum Cmd {
     },
 }
 
+/// `--remap FROM:=TO` arguments as (from, to) topic pairs.
+fn parse_remaps(remaps: &[String]) -> Result<Vec<(String, String)>> {
+    remaps
+        .iter()
+        .map(|r| {
+            r.split_once(":=")
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::Bag(format!("--remap `{r}`: expected FROM:=TO")))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -302,14 +314,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             }
             let settings =
                 NodeSettings::from_overrides(overrides.iter().map(|(n, v)| (n.as_str(), v)))?;
-            let remaps = remaps
-                .iter()
-                .map(|r| {
-                    r.split_once(":=")
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
-                        .ok_or_else(|| Error::Bag(format!("--remap `{r}`: expected FROM:=TO")))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let remaps = parse_remaps(&remaps)?;
             let bag = Bag::open(&bag)?;
             let runner = PolicyRunner::from_settings(&settings)?;
             let opts = ReplayOptions {
@@ -354,14 +359,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             step_topic,
             timeout,
         } => {
-            let remaps = remaps
-                .iter()
-                .map(|r| {
-                    r.split_once(":=")
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
-                        .ok_or_else(|| Error::Bag(format!("--remap `{r}`: expected FROM:=TO")))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let remaps = parse_remaps(&remaps)?;
             let record = match (record, record_out) {
                 (Some(t), Some(o)) => Some((t, o)),
                 (None, None) => None,
