@@ -545,8 +545,18 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     }
 
     fn ensure_capturer(&self) -> Result<()> {
-        let mut w = lock(&self.capturer);
-        if w.is_some() {
+        self.ensure_thread(&self.capturer, "pi0-graph-capture", Self::capture_loop)
+    }
+
+    /// Starts `run` on its own thread (named `name`, kept in `handle`) unless it runs already.
+    fn ensure_thread(
+        &self,
+        handle: &Mutex<Option<JoinHandle<()>>>,
+        name: &str,
+        run: fn(&Self),
+    ) -> Result<()> {
+        let mut h = lock(handle);
+        if h.is_some() {
             return Ok(());
         }
         let me = PartitionedPi0 {
@@ -554,38 +564,41 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             worker: Mutex::new(None),
             capturer: Mutex::new(None),
         };
-        let h = std::thread::Builder::new()
-            .name("pi0-graph-capture".into())
-            .spawn(move || {
-                nvtx::name_thread!("pi0-graph-capture");
-                loop {
-                    let job = {
-                        let mut q = lock(&me.inner.captures);
-                        loop {
-                            if me.inner.stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            if let Some(j) = q.pop_front() {
-                                break j;
-                            }
-                            q = me
-                                .inner
-                                .captures_cv
-                                .wait_timeout(q, Duration::from_millis(50))
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0;
-                        }
-                    };
-                    if let Some(p) = job.prepared.upgrade() {
-                        if let Err(e) = me.capture_one(&p, job.stage, job.slot) {
-                            log::warn!("graph capture {:?} slot {}: {e}", job.stage, job.slot);
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::Gpu(format!("capture thread: {e}")))?;
-        *w = Some(h);
+        let t = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(&me))
+            .map_err(|e| Error::Gpu(format!("{name} thread: {e}")))?;
+        *h = Some(t);
         Ok(())
+    }
+
+    /// The capture thread: captures queued (stage, slot) graphs off the hot path.
+    fn capture_loop(&self) {
+        nvtx::name_thread!("pi0-graph-capture");
+        loop {
+            let job = {
+                let mut q = lock(&self.inner.captures);
+                loop {
+                    if self.inner.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(j) = q.pop_front() {
+                        break j;
+                    }
+                    q = self
+                        .inner
+                        .captures_cv
+                        .wait_timeout(q, Duration::from_millis(50))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            if let Some(p) = job.prepared.upgrade() {
+                if let Err(e) = self.capture_one(&p, job.stage, job.slot) {
+                    log::warn!("graph capture {:?} slot {}: {e}", job.stage, job.slot);
+                }
+            }
+        }
     }
 
     /// Host times of the graph captures so far (ms).
@@ -931,21 +944,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     }
 
     fn ensure_worker(&self) -> Result<()> {
-        let mut w = lock(&self.worker);
-        if w.is_some() {
-            return Ok(());
-        }
-        let me = PartitionedPi0 {
-            inner: self.inner.clone(),
-            worker: Mutex::new(None),
-            capturer: Mutex::new(None),
-        };
-        let h = std::thread::Builder::new()
-            .name("pi0-encoder".into())
-            .spawn(move || me.worker_loop())
-            .map_err(|e| Error::Gpu(format!("encoder thread: {e}")))?;
-        *w = Some(h);
-        Ok(())
+        self.ensure_thread(&self.worker, "pi0-encoder", Self::worker_loop)
     }
 
     fn worker_loop(&self) {
