@@ -57,8 +57,9 @@ fn gpu_golden_pi0_tiny() {
     run_golden("pi0-tiny", &tiny_dir(), GpuOptions::default());
 }
 
-/// The reference decoder path (cuBLASLt weight GEMMs) and the streaming one without programmatic
-/// dependent launches: same golden limits.
+/// The reference paths (cuBLASLt decoder weight GEMMs; cuBLASLt attention around the softmax
+/// kernel), the streaming decoder without programmatic dependent launches and the fused
+/// attention kernel in the Gemma blocks too: same golden limits.
 #[test]
 fn gpu_golden_pi0_tiny_other_decoder_paths() {
     if skip("gpu_golden_pi0_tiny_other_decoder_paths") {
@@ -74,6 +75,20 @@ fn gpu_golden_pi0_tiny_other_decoder_paths() {
         ..GpuOptions::default()
     };
     run_golden("pi0-tiny (no PDL)", &tiny_dir(), no_pdl);
+    let unfused = GpuOptions {
+        fused_attention: false,
+        ..GpuOptions::default()
+    };
+    run_golden("pi0-tiny (unfused attention)", &tiny_dir(), unfused);
+    let fused_everywhere = GpuOptions {
+        fused_gemma_attention: true,
+        ..GpuOptions::default()
+    };
+    run_golden(
+        "pi0-tiny (fused attention everywhere)",
+        &tiny_dir(),
+        fused_everywhere,
+    );
 }
 
 #[test]

@@ -44,6 +44,12 @@ struct Args {
     /// No programmatic dependent launches in the decoder.
     #[arg(long)]
     no_pdl: bool,
+    /// Attention as cuBLASLt QKᵀ / P·V GEMMs around a softmax kernel instead of the fused kernel.
+    #[arg(long)]
+    unfused_attention: bool,
+    /// The fused attention kernel for the LLM and the action expert too (not only vision).
+    #[arg(long)]
+    fused_gemma_attention: bool,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -82,6 +88,8 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         max_chunk: configs.iter().map(|c| c.2).max().unwrap(),
         weight_streaming: !args.cublaslt_decoder,
         pdl: !args.no_pdl,
+        fused_attention: !args.unfused_attention,
+        fused_gemma_attention: args.fused_gemma_attention,
         ..Default::default()
     };
     let t = Instant::now();
@@ -100,13 +108,18 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
     };
     let cfg = pi0_mps::PolicyEngine::config(&eng).clone();
     println!(
-        "device: {} | weights: {} | ready in {:.1} s (kernels from cache: {}) | decoder GEMMs: {} | PDL: {}",
+        "device: {} | weights: {} | ready in {:.1} s (kernels from cache: {}) | decoder GEMMs: {} | PDL: {} | attention: {}",
         eng.device_name(),
         what,
         t.elapsed().as_secs_f64(),
         eng.kernels_from_cache(),
         if args.cublaslt_decoder { "cuBLASLt" } else { "weight-streaming" },
-        !args.no_pdl
+        !args.no_pdl,
+        match (args.unfused_attention, args.fused_gemma_attention) {
+            (true, _) => "cuBLASLt + softmax",
+            (false, false) => "fused (vision)",
+            (false, true) => "fused (vision, LLM, expert)",
+        }
     );
     let px = cfg.vision.image_size * cfg.vision.image_size * 3;
     let mut rows = Vec::new();

@@ -223,6 +223,12 @@ kernels! {
     RopePart = "rope_part_k",
     ResidRms = "resid_rms_k",
     GeluPart = "gelu_part_k",
+    Flash16 = "flash_hd16_k",
+    Flash32 = "flash_hd32_k",
+    Flash64 = "flash_hd64_k",
+    Flash80 = "flash_hd80_k",
+    Flash128 = "flash_hd128_k",
+    Flash256 = "flash_hd256_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.
@@ -235,6 +241,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../kernels/elementwise.cu"),
     ),
     ("skinny.cu", include_str!("../../kernels/skinny.cu")),
+    ("flash.cu", include_str!("../../kernels/flash.cu")),
 ];
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -430,6 +437,23 @@ impl Kernels {
         args: &[A],
         pdl: bool,
     ) -> Result<()> {
+        self.launch_cluster(k, grid, block, smem, stream, args, pdl, 1)
+    }
+
+    /// `launch_ex` with thread-block clusters of `cluster` CTAs along x (Hopper and newer;
+    /// 1: no cluster).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_cluster(
+        &self,
+        k: K,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        args: &[A],
+        pdl: bool,
+        cluster: u32,
+    ) -> Result<()> {
         let mut store: Vec<u64> = args
             .iter()
             .map(|a| match *a {
@@ -444,46 +468,40 @@ impl Kernels {
             .map(|x| x as *mut u64 as *mut c_void)
             .collect();
         let f = self.kernels[k as usize] as sys::CUfunction;
+        let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::new();
         if pdl {
             // SAFETY: zeroed attribute union, then the documented field for this id.
             let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
             attr.id =
                 sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
             attr.value.programmaticStreamSerializationAllowed = 1;
-            let cfg = sys::CUlaunchConfig {
-                gridDimX: grid.0,
-                gridDimY: grid.1,
-                gridDimZ: grid.2,
-                blockDimX: block,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: smem,
-                hStream: stream,
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            // SAFETY: as below; `cfg` and `attr` outlive the call.
-            let r =
-                unsafe { sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
-            return cu(r, KERNEL_NAMES[k as usize]);
+            attrs.push(attr);
         }
-        // SAFETY: argument values live in `store` for the duration of the call (the driver copies
-        // them); a CUkernel may be passed where a CUfunction is expected.
-        let r = unsafe {
-            sys::cuLaunchKernel(
-                f,
-                grid.0,
-                grid.1,
-                grid.2,
-                block,
-                1,
-                1,
-                smem,
-                stream,
-                ptrs.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
+        if cluster > 1 {
+            // SAFETY: as above.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attr.value.clusterDim.x = cluster;
+            attr.value.clusterDim.y = 1;
+            attr.value.clusterDim.z = 1;
+            attrs.push(attr);
+        }
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: stream,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
+        // SAFETY: argument values live in `store` and the attributes in `attrs` for the duration
+        // of the call (the driver copies them); a CUkernel may be passed where a CUfunction is
+        // expected.
+        let r = unsafe { sys::cuLaunchKernelEx(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) };
         cu(r, KERNEL_NAMES[k as usize])
     }
 }

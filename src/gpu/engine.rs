@@ -23,6 +23,9 @@ const WORKSPACE: usize = 32 << 20;
 #[path = "expert_layer.rs"]
 mod expert_layer;
 use expert_layer::WeightStreaming;
+#[path = "flash.rs"]
+mod flash;
+use flash::{AttentionProblem, FusedAttention};
 
 /// Device addresses of the activations one Gemma block reads and writes (see `gemma_layer`).
 struct GemmaBufs {
@@ -253,6 +256,8 @@ pub struct Pi0Cuda {
     rope_exp: DBuf,
     /// Weight-streaming decoder GEMMs (None: cuBLASLt).
     wstream: Option<WeightStreaming>,
+    /// Fused attention kernels (None: cuBLASLt GEMMs around a softmax kernel).
+    fused: Option<FusedAttention>,
     name: String,
 }
 
@@ -366,10 +371,10 @@ impl Pi0Cuda {
         if opts.weight_streaming && !streaming {
             log::info!("decoder GEMMs on cuBLASLt: the weight-streaming kernel does not cover this expert / chunk size");
         }
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(132) as usize;
         let wstream = streaming.then(|| {
-            let sms = ctx
-                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .unwrap_or(132) as usize;
             WeightStreaming {
                 // PI0_WGEMM_CTAS: a tuning knob for benchmarks.
                 target_ctas: std::env::var("PI0_WGEMM_CTAS")
@@ -383,6 +388,29 @@ impl Pi0Cuda {
             for (k, bytes) in super::skinny::variants() {
                 kernels.set_max_smem(k, bytes as i32, ctx.cu_device())?;
             }
+        }
+        let fusable = [v.head_dim, hd]
+            .iter()
+            .all(|&d| flash::kernel_for(d).is_some());
+        if opts.fused_attention && !fusable {
+            log::info!("attention on cuBLASLt: no fused kernel for these head dims");
+        }
+        let fused = (opts.fused_attention && fusable).then_some(FusedAttention {
+            target_ctas: sms,
+            // Thread-block clusters merge the key splits; before Hopper, one CTA per row tile.
+            // PI0_FLASH_SPLITS: a tuning knob for benchmarks.
+            max_splits: if major >= 9 {
+                std::env::var("PI0_FLASH_SPLITS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(8)
+            } else {
+                1
+            },
+            gemma: opts.fused_gemma_attention,
+        });
+        if fused.is_some() {
+            flash::prepare(&kernels, &[v.head_dim, hd], ctx.cu_device())?;
         }
         let w = Weights::load(cfg, src, streaming)?;
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
@@ -469,6 +497,7 @@ impl Pi0Cuda {
             rope_llm,
             rope_exp,
             wstream,
+            fused,
             cfg: cfg.clone(),
             opts,
             d,
@@ -776,51 +805,75 @@ impl Pi0Cuda {
                 l.qkv_b.ptr,
                 1.0,
             )?;
-            for view in 0..nv {
-                let q0 = p.qkv_v.ptr + (view * tpv * 3 * wv) as u64 * bf;
-                let sptr = p.s_v.ptr + (view * hv * tpv * tpv) as u64 * 4;
-                let g = Gemm {
-                    batch: hv,
-                    stride_x: dv as i64,
-                    stride_w: dv as i64,
-                    stride_y: sv,
-                    out_f32: true,
-                    ..Gemm::linear(tpv, tpv, dv).ld(3 * wv, 3 * wv, tpv)
-                };
-                lt.matmul(h, s, g, q0, q0 + (wv as u64) * bf, sptr, 0, scale)?;
-            }
-            let rows = nv * hv * tpv;
-            self.launch(
-                s,
-                K::Softmax,
-                rows.div_ceil(8) as u32,
-                256,
-                0,
-                &[
-                    A::P(p.s_v.ptr),
-                    A::L(tpv as i64),
-                    A::P(p.p_v.ptr),
-                    A::L(tpv as i64),
-                    A::I(rows as i32),
-                    A::I(tpv as i32),
-                    A::I(tpv as i32),
-                    A::I(0),
-                    A::I(0),
-                ],
-            )?;
-            for view in 0..nv {
-                let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
-                let pptr = p.p_v.ptr + (view * hv * tpv * tpv) as u64 * bf;
-                let out = p.attn_v.ptr + (view * tpv * wv) as u64 * bf;
-                let g = Gemm {
-                    batch: hv,
-                    stride_x: sv,
-                    stride_w: dv as i64,
-                    stride_y: dv as i64,
-                    w_kn: true,
-                    ..Gemm::linear(tpv, dv, tpv).ld(tpv, 3 * wv, wv)
-                };
-                lt.matmul(h, s, g, pptr, v0, out, 0, 1.0)?;
+            if let Some(fa) = &self.fused {
+                // Batch = view x head; q, k, v interleaved per token in qkv_v.
+                let row = 3 * wv;
+                self.fused_attention(
+                    s,
+                    fa,
+                    false,
+                    &AttentionProblem {
+                        q: (p.qkv_v.ptr, row, tpv * row, dv),
+                        k: p.qkv_v.ptr + wv as u64 * bf,
+                        v: p.qkv_v.ptr + 2 * wv as u64 * bf,
+                        kv: (row, tpv * row, dv),
+                        o: (p.attn_v.ptr, wv, tpv * wv, dv),
+                        inner: hv,
+                        batch: nv * hv,
+                        rows: tpv,
+                        keys: tpv,
+                        head_dim: dv,
+                        mask_rows: 0,
+                        mask_keys: 0,
+                    },
+                )?;
+            } else {
+                for view in 0..nv {
+                    let q0 = p.qkv_v.ptr + (view * tpv * 3 * wv) as u64 * bf;
+                    let sptr = p.s_v.ptr + (view * hv * tpv * tpv) as u64 * 4;
+                    let g = Gemm {
+                        batch: hv,
+                        stride_x: dv as i64,
+                        stride_w: dv as i64,
+                        stride_y: sv,
+                        out_f32: true,
+                        ..Gemm::linear(tpv, tpv, dv).ld(3 * wv, 3 * wv, tpv)
+                    };
+                    lt.matmul(h, s, g, q0, q0 + (wv as u64) * bf, sptr, 0, scale)?;
+                }
+                let rows = nv * hv * tpv;
+                self.launch(
+                    s,
+                    K::Softmax,
+                    rows.div_ceil(8) as u32,
+                    256,
+                    0,
+                    &[
+                        A::P(p.s_v.ptr),
+                        A::L(tpv as i64),
+                        A::P(p.p_v.ptr),
+                        A::L(tpv as i64),
+                        A::I(rows as i32),
+                        A::I(tpv as i32),
+                        A::I(tpv as i32),
+                        A::I(0),
+                        A::I(0),
+                    ],
+                )?;
+                for view in 0..nv {
+                    let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
+                    let pptr = p.p_v.ptr + (view * hv * tpv * tpv) as u64 * bf;
+                    let out = p.attn_v.ptr + (view * tpv * wv) as u64 * bf;
+                    let g = Gemm {
+                        batch: hv,
+                        stride_x: sv,
+                        stride_w: dv as i64,
+                        stride_y: dv as i64,
+                        w_kn: true,
+                        ..Gemm::linear(tpv, dv, tpv).ld(tpv, 3 * wv, wv)
+                    };
+                    lt.matmul(h, s, g, pptr, v0, out, 0, 1.0)?;
+                }
             }
             lt.matmul(
                 h,
@@ -964,7 +1017,7 @@ impl Pi0Cuda {
         if kv_only {
             return Ok(());
         }
-        self.attend(s, lt, rows, b, at)?;
+        self.attend(s, lt, false, rows, b, at)?;
         // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
@@ -1056,16 +1109,40 @@ impl Pi0Cuda {
     }
 
     /// Attention of `rows` query tokens (q in `b.q`, [rows][heads][hd]) over the layer's K/V
-    /// cache: QKᵀ (fp32, scaled) → masked softmax → P·V into `b.attn`.
+    /// cache: QKᵀ (fp32, scaled) → masked softmax → P·V into `b.attn`, fused in one kernel or as
+    /// cuBLASLt GEMMs around the softmax kernel.
     fn attend(
         &self,
         s: sys::CUstream,
         lt: &mut LtCache,
+        pdl: bool,
         rows: usize,
         b: &GemmaBufs,
         at: &LayerAttention,
     ) -> Result<()> {
         let (hh, hd) = (self.d.heads, self.d.hd);
+        if let Some(fa) = self.fused.as_ref().filter(|f| f.gemma) {
+            // One K/V head: a token's heads are consecutive query rows of one problem.
+            return self.fused_attention(
+                s,
+                fa,
+                pdl,
+                &AttentionProblem {
+                    q: (b.q, hd, 0, 0),
+                    k: at.k,
+                    v: at.v,
+                    kv: (hd, 0, 0),
+                    o: (b.attn, hd, 0, 0),
+                    inner: 1,
+                    batch: 1,
+                    rows: rows * hh,
+                    keys: at.keys,
+                    head_dim: hd,
+                    mask_rows: at.mask_heads,
+                    mask_keys: at.mask_keys,
+                },
+            );
+        }
         let handle = self.lt_handle()?;
         let h = &*handle;
         let (qr, lds) = (rows * hh, at.lds);

@@ -90,7 +90,7 @@ impl Pi0Cuda {
         norm((part, pending), l.pre.ptr)?;
         let splits = self.wgemm(s, ws, b.xn, w, l.qkv_w.ptr, part, rows, qkvw, w)?;
         self.rope_kv(s, ws.pdl, (part, splits), rows, b, at)?;
-        self.attend(s, lt, rows, b, at)?;
+        self.attend(s, lt, ws.pdl, rows, b, at)?;
         let splits = self.wgemm(s, ws, b.attn, hh * hd, l.o_w.ptr, part, rows, w, hh * hd)?;
         norm((part, splits), l.post.ptr)?;
         let splits = self.wgemm(s, ws, b.xn, w, l.gu_w.ptr, part, rows, 2 * f, w)?;

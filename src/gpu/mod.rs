@@ -56,6 +56,13 @@ pub struct GpuOptions {
     /// Programmatic dependent launches for the decoder's own kernels (Hopper and newer): the
     /// next kernel prefetches its weights while the previous one finishes.
     pub pdl: bool,
+    /// Vision attention as one fused kernel (kernels/flash.cu) instead of QKᵀ GEMM → softmax →
+    /// P·V GEMM on cuBLASLt (the reference path; also used for head dims the kernel lacks).
+    pub fused_attention: bool,
+    /// The fused kernel for the Gemma blocks too (LLM prefix, action expert; head dim 256).
+    /// Off by default: on the H100 it is still slower there than cuBLASLt (docs/gpu-notes.md
+    /// v14: decoder 9.34 vs 8.56 ms).
+    pub fused_gemma_attention: bool,
 }
 
 impl Default for GpuOptions {
@@ -69,6 +76,8 @@ impl Default for GpuOptions {
             decoder_slots: 2,
             weight_streaming: true,
             pdl: true,
+            fused_attention: true,
+            fused_gemma_attention: false,
         }
     }
 }
