@@ -845,8 +845,8 @@ impl Pi0Cuda {
                 self.launch(
                     s,
                     K::Softmax,
-                    rows.div_ceil(8) as u32,
-                    256,
+                    rows.div_ceil(4) as u32,
+                    128,
                     0,
                     &[
                         A::P(p.s_v.ptr),
@@ -1162,8 +1162,8 @@ impl Pi0Cuda {
         self.launch(
             s,
             K::Softmax,
-            qr.div_ceil(8) as u32,
-            256,
+            qr.div_ceil(4) as u32,
+            128,
             0,
             &[
                 A::P(b.s),
