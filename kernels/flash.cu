@@ -92,6 +92,24 @@ DEV float4 ld_cluster4(u32 local, u32 rank) {
 }
 #endif
 
+// Stores the unnormalised O (rows padded to LD floats: the float2 stores of a quad's 8 rows
+// spread over the banks), m and l of this warp's 16 rows starting at row r16 of the tile.
+template <int NT, int LD>
+DEV void fa_publish(float* xo, float* xm, float* xl, const float (&acc)[NT][4], const float* m,
+                    const float* l, int r16, int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int rl = r16 + g + 8 * h;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            *(float2*)(xo + rl * LD + j * 8 + 2 * t) = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
+        if (t == 0) {
+            xm[rl] = m[h];
+            xl[rl] = l[h];
+        }
+    }
+}
+
 template <int HD>
 DEV void flash_body(const bf16_t* __restrict__ q, long long ldq, long long q_outer,
                     long long q_inner, const bf16_t* __restrict__ k,
@@ -234,24 +252,11 @@ DEV void flash_body(const bf16_t* __restrict__ q, long long ldq, long long q_out
     }
 
     // Merge the key halves: the second half's warps hand O, m, l to the first half's.
-    // Rows padded to LD floats: the float2 stores of a quad's 8 rows spread over the banks.
     float* xo = (float*)fa_smem;  // [FA_BM][LD]
     float* xm = xo + FA_BM * LD;  // [FA_BM]
     float* xl = xm + FA_BM;       // [FA_BM]
     __syncthreads();  // Q/K/V tiles no longer read
-    if (kh == 1) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int rl = rg * 16 + g + 8 * h;
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-                *(float2*)(xo + rl * LD + j * 8 + 2 * t) = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
-            if (t == 0) {
-                xm[rl] = m[h];
-                xl[rl] = l[h];
-            }
-        }
-    }
+    if (kh == 1) fa_publish<NT, LD>(xo, xm, xl, acc, m, l, rg * 16, g, t);
     __syncthreads();
     if (kh == 0) {
 #pragma unroll
@@ -289,24 +294,9 @@ DEV void flash_body(const bf16_t* __restrict__ q, long long ldq, long long q_out
 #if __CUDA_ARCH__ >= 900
     // Cluster merge: every CTA publishes its rows' unnormalised O, m and l, then finalises
     // rows split, split + splits, ... of the tile from all CTAs' copies.
-    float* so = xo;               // [FA_BM][LD]
-    float* sm = xm;               // [FA_BM]
-    float* sl = xl;               // [FA_BM]
-    float* sw = sl + FA_BM;       // [FA_BM][8]: this CTA's rows' weight of each CTA's copy
+    float* sw = xl + FA_BM;  // [FA_BM][8]: this CTA's rows' weight of each CTA's copy
     __syncthreads();  // the second half's copies are consumed
-    if (kh == 0) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int rl = rg * 16 + g + 8 * h;
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-                *(float2*)(so + rl * LD + j * 8 + 2 * t) = make_float2(acc[j][2 * h], acc[j][2 * h + 1]);
-            if (t == 0) {
-                sm[rl] = m[h];
-                sl[rl] = l[h];
-            }
-        }
-    }
+    if (kh == 0) fa_publish<NT, LD>(xo, xm, xl, acc, m, l, rg * 16, g, t);
     cluster_sync();
     const int mine = (FA_BM - split + splits - 1) / splits;  // rows this CTA finalises
     if (threadIdx.x < mine) {
@@ -314,20 +304,20 @@ DEV void flash_body(const bf16_t* __restrict__ q, long long ldq, long long q_out
         float mc[8], mmax = -1e30f, lsum = 0.f;
 #pragma unroll
         for (int c = 0; c < 8; c++) {
-            mc[c] = c < splits ? ld_cluster(smem_u32(sm + rl), c) : -1e30f;
+            mc[c] = c < splits ? ld_cluster(smem_u32(xm + rl), c) : -1e30f;
             mmax = fmaxf(mmax, mc[c]);
         }
 #pragma unroll
         for (int c = 0; c < 8; c++) {
             mc[c] = exp2f(mc[c] - mmax);
-            if (c < splits) lsum += mc[c] * ld_cluster(smem_u32(sl + rl), c);
+            if (c < splits) lsum += mc[c] * ld_cluster(smem_u32(xl + rl), c);
         }
 #pragma unroll
         for (int c = 0; c < 8; c++)
             if (c < splits) sw[threadIdx.x * 8 + c] = mc[c] / lsum;
     }
     __syncthreads();
-    const u32 so_u = smem_u32(so);
+    const u32 so_u = smem_u32(xo);
     for (int i = threadIdx.x; i < mine * (HD / 4); i += FA_THREADS) {
         const int ri = i / (HD / 4), col = (i % (HD / 4)) * 4;
         const int rl = split + ri * splits, r = r0 + rl;

@@ -65,30 +65,39 @@ fn gpu_golden_pi0_tiny_other_decoder_paths() {
     if skip("gpu_golden_pi0_tiny_other_decoder_paths") {
         return;
     }
-    let cublaslt = GpuOptions {
-        weight_streaming: false,
-        ..GpuOptions::default()
-    };
-    run_golden("pi0-tiny (cuBLASLt decoder)", &tiny_dir(), cublaslt);
-    let no_pdl = GpuOptions {
-        pdl: false,
-        ..GpuOptions::default()
-    };
-    run_golden("pi0-tiny (no PDL)", &tiny_dir(), no_pdl);
-    let unfused = GpuOptions {
-        fused_attention: false,
-        ..GpuOptions::default()
-    };
-    run_golden("pi0-tiny (unfused attention)", &tiny_dir(), unfused);
-    let fused_everywhere = GpuOptions {
-        fused_gemma_attention: true,
-        ..GpuOptions::default()
-    };
-    run_golden(
-        "pi0-tiny (fused attention everywhere)",
-        &tiny_dir(),
-        fused_everywhere,
-    );
+    let paths = [
+        (
+            "cuBLASLt decoder",
+            GpuOptions {
+                weight_streaming: false,
+                ..GpuOptions::default()
+            },
+        ),
+        (
+            "no PDL",
+            GpuOptions {
+                pdl: false,
+                ..GpuOptions::default()
+            },
+        ),
+        (
+            "unfused attention",
+            GpuOptions {
+                fused_attention: false,
+                ..GpuOptions::default()
+            },
+        ),
+        (
+            "fused attention everywhere",
+            GpuOptions {
+                fused_gemma_attention: true,
+                ..GpuOptions::default()
+            },
+        ),
+    ];
+    for (what, opts) in paths {
+        run_golden(&format!("pi0-tiny ({what})"), &tiny_dir(), opts);
+    }
 }
 
 #[test]

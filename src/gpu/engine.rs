@@ -94,6 +94,11 @@ pub(super) fn row_threads(width: usize) -> u32 {
     ((width / 4).div_ceil(32) * 32) as u32
 }
 
+/// A numeric tuning knob from the environment (benchmarks only).
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn r8(x: usize) -> usize {
     x.div_ceil(8) * 8
 }
@@ -377,9 +382,7 @@ impl Pi0Cuda {
         let wstream = streaming.then(|| {
             WeightStreaming {
                 // PI0_WGEMM_CTAS: a tuning knob for benchmarks.
-                target_ctas: std::env::var("PI0_WGEMM_CTAS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
+                target_ctas: env_usize("PI0_WGEMM_CTAS")
                     .unwrap_or_else(|| super::skinny::target_ctas(sms)),
                 pdl: opts.pdl && major >= 9,
             }
@@ -400,10 +403,7 @@ impl Pi0Cuda {
             // Thread-block clusters merge the key splits; before Hopper, one CTA per row tile.
             // PI0_FLASH_SPLITS: a tuning knob for benchmarks.
             max_splits: if major >= 9 {
-                std::env::var("PI0_FLASH_SPLITS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(8)
+                env_usize("PI0_FLASH_SPLITS").unwrap_or(8)
             } else {
                 1
             },
@@ -808,7 +808,8 @@ impl Pi0Cuda {
             if let Some(fa) = &self.fused {
                 // Batch = view x head; q, k, v interleaved per token in qkv_v.
                 let row = 3 * wv;
-                self.fused_attention(
+                flash::launch(
+                    &self.kernels,
                     s,
                     fa,
                     false,
@@ -842,24 +843,7 @@ impl Pi0Cuda {
                     lt.matmul(h, s, g, q0, q0 + (wv as u64) * bf, sptr, 0, scale)?;
                 }
                 let rows = nv * hv * tpv;
-                self.launch(
-                    s,
-                    K::Softmax,
-                    rows.div_ceil(4) as u32,
-                    128,
-                    0,
-                    &[
-                        A::P(p.s_v.ptr),
-                        A::L(tpv as i64),
-                        A::P(p.p_v.ptr),
-                        A::L(tpv as i64),
-                        A::I(rows as i32),
-                        A::I(tpv as i32),
-                        A::I(tpv as i32),
-                        A::I(0),
-                        A::I(0),
-                    ],
-                )?;
+                self.softmax(s, (p.s_v.ptr, p.p_v.ptr), rows, tpv, tpv, (0, 0))?;
                 for view in 0..nv {
                     let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
                     let pptr = p.p_v.ptr + (view * hv * tpv * tpv) as u64 * bf;
@@ -1123,7 +1107,8 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         if let Some(fa) = self.fused.as_ref().filter(|f| f.gemma) {
             // One K/V head: a token's heads are consecutive query rows of one problem.
-            return self.fused_attention(
+            return flash::launch(
+                &self.kernels,
                 s,
                 fa,
                 pdl,
@@ -1159,24 +1144,8 @@ impl Pi0Cuda {
             0,
             1.0 / (hd as f32).sqrt(),
         )?;
-        self.launch(
-            s,
-            K::Softmax,
-            qr.div_ceil(4) as u32,
-            128,
-            0,
-            &[
-                A::P(b.s),
-                A::L(lds as i64),
-                A::P(b.p),
-                A::L(lds as i64),
-                A::I(qr as i32),
-                A::I(lds as i32),
-                A::I(at.keys as i32),
-                A::I(at.mask_heads as i32),
-                A::I(at.mask_keys as i32),
-            ],
-        )?;
+        let mask = (at.mask_heads, at.mask_keys);
+        self.softmax(s, (b.s, b.p), qr, lds, at.keys, mask)?;
         lt.matmul(
             h,
             s,
@@ -1189,6 +1158,39 @@ impl Pi0Cuda {
             b.attn,
             0,
             1.0,
+        )
+    }
+
+    /// Row softmax (softmax_k, 4 rows per block) of `rows` fp32 score rows of `len` (the row
+    /// stride of both the scores and the bf16 probabilities) into `sp` = (scores, probs):
+    /// rows see `valid` keys, the first `mask.0` rows only `mask.1`; keys past that up to
+    /// `len` get probability 0.
+    fn softmax(
+        &self,
+        s: sys::CUstream,
+        sp: (u64, u64),
+        rows: usize,
+        len: usize,
+        valid: usize,
+        mask: (usize, usize),
+    ) -> Result<()> {
+        self.launch(
+            s,
+            K::Softmax,
+            rows.div_ceil(4) as u32,
+            128,
+            0,
+            &[
+                A::P(sp.0),
+                A::L(len as i64),
+                A::P(sp.1),
+                A::L(len as i64),
+                A::I(rows as i32),
+                A::I(len as i32),
+                A::I(valid as i32),
+                A::I(mask.0 as i32),
+                A::I(mask.1 as i32),
+            ],
         )
     }
 

@@ -147,19 +147,6 @@ pub(super) fn prepare(kernels: &Kernels, dims: &[usize], dev: sys::CUdevice) -> 
     Ok(())
 }
 
-impl Pi0Cuda {
-    /// Enqueues the fused attention of `p` on `s`.
-    pub(super) fn fused_attention(
-        &self,
-        s: sys::CUstream,
-        fa: &FusedAttention,
-        pdl: bool,
-        p: &AttentionProblem,
-    ) -> Result<()> {
-        launch(&self.kernels, s, fa, pdl, p)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,31 +322,22 @@ mod tests {
         prepare(&kernels, &[16, 72, 256], ctx.cu_device()).unwrap();
         let stream = ctx.new_stream().unwrap();
         let clusters = if major >= 9 { 8 } else { 1 };
+        // The decoder: 51 tokens x 8 heads over prefix + suffix keys; the state token's heads
+        // see the prefix and themselves only. Key blocks over a cluster, and not.
+        let decoder = |name, max_splits| Case {
+            name,
+            outer: 1,
+            inner: 1,
+            rows: 408,
+            keys: 583,
+            d: 256,
+            mask_rows: 8,
+            mask_keys: 533,
+            max_splits,
+        };
         let cases = [
-            // The decoder: 51 tokens x 8 heads over prefix + suffix keys; the state token's
-            // heads see the prefix and themselves only. Key blocks over a cluster, and not.
-            Case {
-                name: "decoder, cluster",
-                outer: 1,
-                inner: 1,
-                rows: 408,
-                keys: 583,
-                d: 256,
-                mask_rows: 8,
-                mask_keys: 533,
-                max_splits: clusters,
-            },
-            Case {
-                name: "decoder, one CTA per tile",
-                outer: 1,
-                inner: 1,
-                rows: 408,
-                keys: 583,
-                d: 256,
-                mask_rows: 8,
-                mask_keys: 533,
-                max_splits: 1,
-            },
+            decoder("decoder, cluster", clusters),
+            decoder("decoder, one CTA per tile", 1),
             // Vision: view x head batches, head dim 72 padded to 80, ragged row tiles.
             Case {
                 name: "vision layout",
