@@ -33,26 +33,11 @@ impl Pi0Cuda {
         n: usize,
         k: usize,
     ) -> Result<usize> {
-        let p = skinny::plan(rows, n, k, ws.target_ctas);
-        self.kernels.launch_ex(
-            p.kernel,
-            p.grid,
-            128,
-            p.smem,
-            s,
-            &[
-                A::P(x),
-                A::I(ldx as i32),
-                A::P(w),
-                A::I(k as i32),
-                A::P(part),
-                A::I(n as i32),
-                A::I(rows as i32),
-                A::I(p.kps as i32),
-            ],
-            ws.pdl,
-        )?;
-        Ok(p.splits)
+        let run = skinny::Launch {
+            target_ctas: ws.target_ctas,
+            pdl: ws.pdl,
+        };
+        skinny::launch(&self.kernels, s, &run, (x, ldx), w, part, (rows, n, k))
     }
 
     /// Whether the weight-streaming kernel covers the expert of `cfg` for up to `max_rows` token
