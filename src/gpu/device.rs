@@ -505,3 +505,20 @@ impl Kernels {
         cu(r, KERNEL_NAMES[k as usize])
     }
 }
+
+/// For the kernel unit tests: the device-0 context (bound to this thread) and its compiled
+/// kernels, or None after printing why `test` is skipped (no usable GPU, e.g. on CI).
+#[cfg(test)]
+pub(crate) fn test_kernels(
+    test: &str,
+) -> Option<(std::sync::Arc<cudarc::driver::CudaContext>, Kernels)> {
+    if let Some(why) = crate::gpu::skip_reason() {
+        println!("skipping {test}: no usable GPU ({why})");
+        return None;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    ctx.bind_to_thread().unwrap();
+    let (major, minor) = ctx.compute_capability().unwrap();
+    let kernels = Kernels::load(major, minor).unwrap();
+    Some((ctx, kernels))
+}

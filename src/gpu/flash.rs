@@ -309,16 +309,11 @@ mod tests {
 
     #[test]
     fn gpu_fused_attention_matches_f64_softmax_attention() {
-        if let Some(why) = crate::gpu::skip_reason() {
-            println!(
-                "skipping gpu_fused_attention_matches_f64_softmax_attention: no usable GPU ({why})"
-            );
+        let test = "gpu_fused_attention_matches_f64_softmax_attention";
+        let Some((ctx, kernels)) = crate::gpu::device::test_kernels(test) else {
             return;
-        }
-        let ctx = CudaContext::new(0).unwrap();
-        ctx.bind_to_thread().unwrap();
-        let (major, minor) = ctx.compute_capability().unwrap();
-        let kernels = Kernels::load(major, minor).unwrap();
+        };
+        let (major, _) = ctx.compute_capability().unwrap();
         prepare(&kernels, &[16, 72, 256], ctx.cu_device()).unwrap();
         let stream = ctx.new_stream().unwrap();
         let clusters = if major >= 9 { 8 } else { 1 };

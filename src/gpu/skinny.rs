@@ -219,7 +219,6 @@ mod tests {
     // ---------------------------------------------------------------- GPU
 
     use crate::gpu::device::{cu, DBuf};
-    use cudarc::driver::CudaContext;
     use rand::{Rng, SeedableRng};
 
     /// Runs `rows` x `n` x `k` twice on the GPU (reruns must agree bit for bit) and checks the
@@ -284,14 +283,10 @@ mod tests {
 
     #[test]
     fn gpu_weight_streaming_gemm_matches_f64() {
-        if let Some(why) = crate::gpu::skip_reason() {
-            println!("skipping gpu_weight_streaming_gemm_matches_f64: no usable GPU ({why})");
+        let test = "gpu_weight_streaming_gemm_matches_f64";
+        let Some((ctx, kernels)) = crate::gpu::device::test_kernels(test) else {
             return;
-        }
-        let ctx = CudaContext::new(0).unwrap();
-        ctx.bind_to_thread().unwrap();
-        let (major, minor) = ctx.compute_capability().unwrap();
-        let kernels = Kernels::load(major, minor).unwrap();
+        };
         for (kv, bytes) in variants() {
             kernels
                 .set_max_smem(kv, bytes as i32, ctx.cu_device())
