@@ -85,6 +85,14 @@ impl DBuf {
         drv(
             unsafe { dr::memcpy_htod_sync(self.ptr, data) },
             "cuMemcpyHtoD",
+        )?;
+        // From pageable memory cuMemcpyHtoD may return once the data is staged, before it has
+        // landed; the engine's streams do not wait for the legacy stream, so wait here (uploads
+        // happen at start-up and in tests, never on the hot path).
+        // SAFETY: plain synchronisation of the current context.
+        cu(
+            unsafe { sys::cuCtxSynchronize() },
+            "cuCtxSynchronize after upload",
         )
     }
 }

@@ -82,6 +82,54 @@ fn bind_stream_context(stream: &Arc<CudaStream>) -> Result<()> {
         .map_err(|e| Error::Gpu(format!("binding the stream's context: {e:?}")))
 }
 
+/// SMs the work of `stream` may run on: its green context's share, its MPS context's
+/// execution affinity (that context bound), or the whole device. Grids sized to this stay in
+/// one wave on a partition.
+fn stream_sms(stream: &Arc<CudaStream>, device_sms: usize) -> usize {
+    green_sms(stream.cu_stream())
+        .or_else(affinity_sms)
+        .unwrap_or(device_sms)
+        .clamp(1, device_sms)
+}
+
+fn green_sms(s: sys::CUstream) -> Option<usize> {
+    static DRIVER: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let driver = *DRIVER.get_or_init(|| {
+        let mut v = 0;
+        // SAFETY: plain query.
+        unsafe { sys::cuDriverGetVersion(&mut v) };
+        v
+    });
+    if driver < 12040 {
+        return None; // no green contexts before CUDA 12.4
+    }
+    // SAFETY: plain queries on a valid stream / green context.
+    unsafe {
+        let mut g: sys::CUgreenCtx = std::ptr::null_mut();
+        if sys::cuStreamGetGreenCtx(s, &mut g) != sys::CUresult::CUDA_SUCCESS || g.is_null() {
+            return None;
+        }
+        let mut r: sys::CUdevResource = std::mem::zeroed();
+        let t = sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM;
+        if sys::cuGreenCtxGetDevResource(g, &mut r, t) != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        Some(r.__bindgen_anon_1.sm.smCount as usize)
+    }
+}
+
+fn affinity_sms() -> Option<usize> {
+    // SAFETY: plain query of the bound context.
+    unsafe {
+        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
+        let t = sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT;
+        if sys::cuCtxGetExecAffinity(&mut aff, t) != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        Some(aff.param.smCount.val as usize).filter(|&n| n > 0)
+    }
+}
+
 fn current_context() -> Result<usize> {
     let mut c = std::ptr::null_mut();
     // SAFETY: plain query.
@@ -263,6 +311,8 @@ pub struct Pi0Cuda {
     wstream: Option<WeightStreaming>,
     /// Fused attention kernels (None: cuBLASLt GEMMs around a softmax kernel).
     fused: Option<FusedAttention>,
+    /// Multiprocessors of the whole device.
+    device_sms: usize,
     name: String,
 }
 
@@ -509,6 +559,7 @@ impl Pi0Cuda {
             pslots,
             dslots,
             graphs: Mutex::new(HashMap::new()),
+            device_sms: sms,
             name,
         })
     }
@@ -548,6 +599,12 @@ impl Pi0Cuda {
     /// Chunk size currently uploaded to decoder slot `dec`.
     pub fn chunk(&self, dec: usize) -> usize {
         self.dslots[dec].chunk.load(Ordering::Acquire)
+    }
+
+    /// SMs of the partition `stream` runs in, None on the whole GPU (context bound).
+    fn partition_sms(&self, stream: &Arc<CudaStream>) -> Option<u32> {
+        let sms = stream_sms(stream, self.device_sms);
+        (sms < self.device_sms).then_some(sms as u32)
     }
 
     fn pslot(&self, slot: usize) -> Result<&PrefixSlot> {
@@ -722,6 +779,7 @@ impl Pi0Cuda {
         let s = stream.cu_stream();
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
+        lt.sm_target = self.partition_sms(stream);
         nvtx::range_push!("encoder");
         nvtx::range_push!("vision");
         let r = self.vision(s, p, lt, nv);
@@ -1222,6 +1280,7 @@ impl Pi0Cuda {
         let s = stream.cu_stream();
         let mut lt = ds.lt.lock().unwrap();
         let lt = &mut *lt;
+        lt.sm_target = self.partition_sms(stream);
         nvtx::range_push!("decoder");
         let r = self.decoder(s, p, ds, lt, pl, c);
         nvtx::range_pop!();

@@ -104,11 +104,23 @@ struct Plan {
     algo: ls::cublasLtMatmulAlgo_t,
     /// Heuristic candidates still to be timed (empty once tuned).
     candidates: Vec<ls::cublasLtMatmulAlgo_t>,
+    /// The same product for streams confined to fewer SMs (green / MPS partitions).
+    narrow: Vec<Narrow>,
+}
+
+/// A plan's variant for a stream confined to `sms` SMs: the descriptor carries
+/// CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, so kernels that size their grid to the SM count
+/// (Hopper's persistent ones) make one wave on the partition instead of 1 + a few CTAs; the
+/// algorithm (tile shape, no split-K change) stays the whole GPU's, so the results do too.
+struct Narrow {
+    sms: u32,
+    desc: ls::cublasLtMatmulDesc_t,
+    algo: ls::cublasLtMatmulAlgo_t,
 }
 
 impl Plan {
-    /// Points the bias epilogue at `bias` (nothing to do without an epilogue).
-    fn set_bias(&self, epi: Epi, bias: u64) -> Result<()> {
+    /// Points the bias epilogue of `desc` at `bias` (nothing to do without an epilogue).
+    fn set_bias(desc: ls::cublasLtMatmulDesc_t, epi: Epi, bias: u64) -> Result<()> {
         if epi == Epi::None {
             return Ok(());
         }
@@ -116,7 +128,7 @@ impl Plan {
         // SAFETY: desc is valid; the attribute is a device pointer value.
         let r = unsafe {
             lr::set_matmul_desc_attribute(
-                self.desc,
+                desc,
                 ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                 &bp as *const _ as *const c_void,
                 std::mem::size_of::<*const c_void>(),
@@ -125,8 +137,9 @@ impl Plan {
         lt(r, "bias pointer")
     }
 
-    /// Enqueues y = alpha·(w·x) + beta·y on `stream` with `algo` (y is read and written in
-    /// place; `ws` is the workspace and its size).
+    /// Enqueues y = alpha·(w·x) + beta·y on `stream` with `desc` (this plan's or a narrow
+    /// variant's) and `algo` (y is read and written in place; `ws` is the workspace and its
+    /// size).
     ///
     /// # Safety
     /// `w`, `x`, `y` and `ws` must be device allocations sized for this plan's shape.
@@ -134,6 +147,7 @@ impl Plan {
     unsafe fn enqueue(
         &self,
         h: &LtHandle,
+        desc: ls::cublasLtMatmulDesc_t,
         algo: &ls::cublasLtMatmulAlgo_t,
         alpha: f32,
         beta: f32,
@@ -145,7 +159,7 @@ impl Plan {
     ) -> std::result::Result<(), lr::CublasError> {
         lr::matmul(
             h.0,
-            self.desc,
+            desc,
             &alpha as *const f32 as *const c_void,
             &beta as *const f32 as *const c_void,
             w as *const c_void,
@@ -169,6 +183,9 @@ impl Drop for Plan {
         // SAFETY: created once in `plan`.
         unsafe {
             let _ = lr::destroy_matmul_desc(self.desc);
+            for n in &self.narrow {
+                let _ = lr::destroy_matmul_desc(n.desc);
+            }
             let _ = lr::destroy_matrix_layout(self.la);
             let _ = lr::destroy_matrix_layout(self.lb);
             let _ = lr::destroy_matrix_layout(self.ld);
@@ -203,6 +220,9 @@ pub struct LtCache {
     /// Time the heuristic's top candidates once per shape (outside graph capture) and keep the
     /// fastest.
     pub autotune: bool,
+    /// SMs the stream of the next calls is confined to (None: the whole GPU). Set by the
+    /// engine per stage enqueue.
+    pub sm_target: Option<u32>,
     scratch: Option<super::device::DBuf>,
 }
 // SAFETY: descriptors are only touched under the owning slot's lock.
@@ -223,6 +243,7 @@ impl LtCache {
             workspace,
             workspace_bytes,
             autotune: false,
+            sm_target: None,
             scratch: None,
         }
     }
@@ -263,12 +284,40 @@ impl LtCache {
         if self.autotune && !self.plans[&key].candidates.is_empty() && !capturing(stream) {
             self.tune(h, stream, key, x, w, bias, alpha)?;
         }
+        let narrow = match self.sm_target {
+            Some(sms) => Some(self.narrow(h, key, sms)?),
+            None => None,
+        };
         let plan = &self.plans[&key];
-        plan.set_bias(g.epi, bias)?;
+        let (desc, algo) = match narrow {
+            Some(i) => (plan.narrow[i].desc, &plan.narrow[i].algo),
+            None => (plan.desc, &plan.algo),
+        };
+        Plan::set_bias(desc, g.epi, bias)?;
         let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
         // SAFETY: pointers are device allocations sized by the caller for this shape.
-        let r = unsafe { plan.enqueue(h, &plan.algo, alpha, beta, w, x, y, (ws, wsb), stream) };
+        let r = unsafe { plan.enqueue(h, desc, algo, alpha, beta, w, x, y, (ws, wsb), stream) };
         lt(r, "matmul")
+    }
+
+    /// Index of `key`'s variant for `sms` SMs, made on first use: the whole-GPU algorithm
+    /// under an SM-count target (PI0_LT_NARROW=reselect: the heuristic's own pick for that
+    /// target instead; =off: no variant, for comparisons).
+    fn narrow(&mut self, h: &LtHandle, key: Key, sms: u32) -> Result<usize> {
+        let ws_bytes = self.workspace_bytes;
+        let plan = self.plans.get_mut(&key).unwrap();
+        if let Some(i) = plan.narrow.iter().position(|n| n.sms == sms) {
+            return Ok(i);
+        }
+        let mode = std::env::var("PI0_LT_NARROW").unwrap_or_default();
+        let desc = make_desc(&key.g, (mode != "off").then_some(sms))?;
+        let algo = if mode == "reselect" {
+            heuristic(h, &key, desc, (plan.la, plan.lb, plan.ld), ws_bytes)?[0]
+        } else {
+            plan.algo
+        };
+        plan.narrow.push(Narrow { sms, desc, algo });
+        Ok(plan.narrow.len() - 1)
     }
 }
 
@@ -308,7 +357,7 @@ impl LtCache {
         let (ws, wsb) = (self.workspace, self.workspace_bytes);
         let plan = self.plans.get_mut(&key).unwrap();
         let cands = std::mem::take(&mut plan.candidates);
-        plan.set_bias(g.epi, bias)?;
+        Plan::set_bias(plan.desc, g.epi, bias)?;
         let beta: f32 = if g.accumulate { 1.0 } else { 0.0 };
         let mut ev = [std::ptr::null_mut(); 2];
         for e in ev.iter_mut() {
@@ -320,8 +369,10 @@ impl LtCache {
             let run = |n: usize| -> bool {
                 (0..n).all(|_| {
                     // SAFETY: as in `matmul`, output into the scratch buffer.
-                    unsafe { plan.enqueue(h, &algo, alpha, beta, w, x, y, (ws, wsb), stream) }
-                        .is_ok()
+                    unsafe {
+                        plan.enqueue(h, plan.desc, &algo, alpha, beta, w, x, y, (ws, wsb), stream)
+                    }
+                    .is_ok()
                 })
             };
             if !run(1) {
@@ -351,8 +402,6 @@ impl LtCache {
 }
 
 fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
-    use ls::cublasLtMatmulDescAttributes_t as DA;
-    use ls::cublasLtMatmulPreferenceAttributes_t as PA;
     use ls::cublasLtMatrixLayoutAttribute_t as LA;
     let g = key.g;
     let bf = ls::cudaDataType::CUDA_R_16BF;
@@ -361,50 +410,7 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
     } else {
         bf
     };
-    let desc = lt(
-        lr::create_matmul_desc(
-            ls::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ls::cudaDataType::CUDA_R_32F,
-        ),
-        "desc",
-    )?;
-    // SAFETY: attribute values are plain integers of the documented types.
-    unsafe {
-        let set = |a: DA, v: *const c_void, n: usize| {
-            lt(lr::set_matmul_desc_attribute(desc, a, v, n), "desc attr")
-        };
-        let ta: i32 = if g.w_kn { 0 } else { 1 }; // CUBLAS_OP_N / CUBLAS_OP_T
-        let tb: i32 = 0;
-        set(
-            DA::CUBLASLT_MATMUL_DESC_TRANSA,
-            &ta as *const i32 as *const c_void,
-            4,
-        )?;
-        set(
-            DA::CUBLASLT_MATMUL_DESC_TRANSB,
-            &tb as *const i32 as *const c_void,
-            4,
-        )?;
-        let epi = match g.epi {
-            Epi::None => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
-            Epi::Bias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
-            Epi::GeluBias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
-        };
-        set(
-            DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
-            &epi as *const _ as *const c_void,
-            std::mem::size_of_val(&epi),
-        )?;
-        if g.epi != Epi::None {
-            // Bias in the output's type (f32 biases for the f32 residual stream).
-            let bt = out_t;
-            set(
-                DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                &bt as *const _ as *const c_void,
-                std::mem::size_of_val(&bt),
-            )?;
-        }
-    }
+    let desc = make_desc(&g, None)?;
     // A = W: [N][K] row-major = col-major K×N (ld ldw), op T; or [K][N] = col-major N×K, op N.
     let la = if g.w_kn {
         lt(
@@ -451,9 +457,111 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
             }
         }
     }
+    let heur = heuristic(h, key, desc, (la, lb, ld), ws_bytes)?;
+    let candidates = if heur.len() > 1 {
+        heur.clone()
+    } else {
+        Vec::new()
+    };
+    Ok(Plan {
+        desc,
+        la,
+        lb,
+        ld,
+        algo: heur[0],
+        candidates,
+        narrow: Vec::new(),
+    })
+}
+
+/// The matmul descriptor of `g`: transposes, epilogue, bias type, and an SM-count target for
+/// streams confined to a partition.
+fn make_desc(g: &Gemm, sm_target: Option<u32>) -> Result<ls::cublasLtMatmulDesc_t> {
+    use ls::cublasLtMatmulDescAttributes_t as DA;
+    let out_t = if g.out_f32 {
+        ls::cudaDataType::CUDA_R_32F
+    } else {
+        ls::cudaDataType::CUDA_R_16BF
+    };
+    let desc = lt(
+        lr::create_matmul_desc(
+            ls::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ls::cudaDataType::CUDA_R_32F,
+        ),
+        "desc",
+    )?;
+    // SAFETY: attribute values are plain integers of the documented types.
+    unsafe {
+        let set = |a: DA, v: *const c_void, n: usize| {
+            lt(lr::set_matmul_desc_attribute(desc, a, v, n), "desc attr")
+        };
+        let ta: i32 = if g.w_kn { 0 } else { 1 }; // CUBLAS_OP_N / CUBLAS_OP_T
+        let tb: i32 = 0;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_TRANSA,
+            &ta as *const i32 as *const c_void,
+            4,
+        )?;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_TRANSB,
+            &tb as *const i32 as *const c_void,
+            4,
+        )?;
+        let epi = match g.epi {
+            Epi::None => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+            Epi::Bias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+            Epi::GeluBias => ls::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
+        };
+        set(
+            DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi as *const _ as *const c_void,
+            std::mem::size_of_val(&epi),
+        )?;
+        if g.epi != Epi::None {
+            // Bias in the output's type (f32 biases for the f32 residual stream).
+            let bt = out_t;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                &bt as *const _ as *const c_void,
+                std::mem::size_of_val(&bt),
+            )?;
+        }
+    }
+    if let Some(sms) = sm_target {
+        let v = sms as i32;
+        // SAFETY: documented attribute type (i32).
+        lt(
+            unsafe {
+                lr::set_matmul_desc_attribute(
+                    desc,
+                    DA::CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET,
+                    &v as *const i32 as *const c_void,
+                    4,
+                )
+            },
+            "SM count target",
+        )?;
+    }
+    Ok(desc)
+}
+
+/// The heuristic's algorithms for `key` (best first; at most 8 that it says will run).
+fn heuristic(
+    h: &LtHandle,
+    key: &Key,
+    desc: ls::cublasLtMatmulDesc_t,
+    (la, lb, ld): (
+        ls::cublasLtMatrixLayout_t,
+        ls::cublasLtMatrixLayout_t,
+        ls::cublasLtMatrixLayout_t,
+    ),
+    ws_bytes: usize,
+) -> Result<Vec<ls::cublasLtMatmulAlgo_t>> {
+    use ls::cublasLtMatmulPreferenceAttributes_t as PA;
+    let g = key.g;
     let pref = lt(lr::create_matmul_pref(), "pref")?;
     // SAFETY: documented attribute types (u64 bytes, u32 alignments).
-    let heur = unsafe {
+    unsafe {
         let wsb = ws_bytes as u64;
         lt(
             lr::set_matmul_pref_attribute(
@@ -503,19 +611,80 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
                 key.align
             )));
         }
-        ok
-    };
-    let candidates = if heur.len() > 1 {
-        heur.clone()
-    } else {
-        Vec::new()
-    };
-    Ok(Plan {
-        desc,
-        la,
-        lb,
-        ld,
-        algo: heur[0],
-        candidates,
-    })
+        Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::device::DBuf;
+    use rand::{Rng, SeedableRng};
+
+    /// A plan's narrow variant (an SM-count target, as on a green or MPS partition) must give
+    /// the whole GPU's results bit for bit: the partitioned pipeline is checked against
+    /// sequential forwards on the whole GPU. Fresh random bf16 inputs, fp32 outputs; sampled
+    /// outputs also against f64 products, so a variant that computes nothing cannot pass.
+    #[test]
+    fn gpu_narrow_variant_is_bitwise_the_whole_gpu_product() {
+        let test = "gpu_narrow_variant_is_bitwise_the_whole_gpu_product";
+        let Some((ctx, _kernels)) = crate::gpu::device::test_kernels(test) else {
+            return;
+        };
+        let stream = ctx.new_stream().unwrap();
+        let s = stream.cu_stream();
+        let h = LtHandle::new().unwrap();
+        let wsb = 32 << 20;
+        let ws = DBuf::new(wsb).unwrap();
+        let mut cache = LtCache::new(ws.ptr, wsb);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // The LLM's q|k|v and down projections, the expert's action MLP at chunk 50.
+        for (m, n, k) in [(532, 2560, 2048), (532, 2048, 16384), (50, 1024, 1024)] {
+            let mut random = |len: usize| -> Vec<half::bf16> {
+                (0..len)
+                    .map(|_| half::bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+                    .collect()
+            };
+            let (x, w) = (random(m * k), random(n * k));
+            let (dx, dw) = (DBuf::from_slice(&x).unwrap(), DBuf::from_slice(&w).unwrap());
+            let dy = DBuf::new(m * n * 4).unwrap();
+            let mut outs = Vec::new();
+            for target in [None, Some(64), Some(40), Some(116)] {
+                cache.sm_target = target;
+                let g = Gemm::linear(m, n, k).f32out();
+                cache
+                    .matmul(&h, s, g, dx.ptr, dw.ptr, dy.ptr, 0, 1.0)
+                    .unwrap();
+                stream.synchronize().unwrap();
+                let mut y = vec![0f32; m * n];
+                // SAFETY: synchronous copy of m * n floats out of a buffer of that size.
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut y, dy.ptr) }.unwrap();
+                outs.push(y);
+            }
+            for (i, y) in outs.iter().enumerate().skip(1) {
+                assert!(
+                    y == &outs[0],
+                    "{m}x{n}x{k}: SM target #{i} differs from the whole GPU"
+                );
+            }
+            let (mut err, mut norm) = (0f64, 0f64);
+            for t in (0..m).step_by(m / 7 + 1) {
+                for j in (0..n).step_by(13) {
+                    let want: f64 = (0..k)
+                        .map(|i| x[t * k + i].to_f64() * w[j * k + i].to_f64())
+                        .sum();
+                    let got = outs[0][t * n + j] as f64;
+                    assert!(got.is_finite(), "{m}x{n}x{k}: non-finite at ({t}, {j})");
+                    err += (got - want).powi(2);
+                    norm += want * want;
+                }
+            }
+            let rel = (err / norm).sqrt();
+            println!(
+                "cuBLASLt {m}x{n}x{k}: narrow variants bitwise equal, rel L2 vs f64 {rel:.2e}"
+            );
+            // fp32 accumulation over k = 16384 terms: ~2e-5.
+            assert!(rel < 1e-4, "{m}x{n}x{k}: rel L2 {rel:.3e}");
+        }
+    }
 }
