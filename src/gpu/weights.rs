@@ -121,7 +121,8 @@ pub struct Weights {
     pub pos: DBuf,
     pub pd_pad: usize,
     pub vis: Vec<VisionLayer>,
-    /// Projector with the vision post-LayerNorm folded in. Biases of GEMMs that write the fp32
+    /// Projector (checkpoint weights; the vision post-LayerNorm is applied in fp32 by the
+    /// LayerNorm kernel with `post_g` / `post_b`). Biases of GEMMs that write the fp32
     /// residual streams (patch, o, fc2, projector, action_time_mlp_out) are f32, the others bf16.
     pub proj_w: DBuf,
     pub proj_b: DBuf,
