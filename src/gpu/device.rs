@@ -514,6 +514,58 @@ impl Kernels {
     }
 }
 
+/// The green context `s` was made in (None: an ordinary stream, or a driver before CUDA 12.4,
+/// which has no green contexts).
+pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
+    static DRIVER: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let driver = *DRIVER.get_or_init(|| {
+        let mut v = 0;
+        // SAFETY: plain query.
+        unsafe { sys::cuDriverGetVersion(&mut v) };
+        v
+    });
+    if driver < 12040 {
+        return None;
+    }
+    let mut g: sys::CUgreenCtx = std::ptr::null_mut();
+    // SAFETY: plain query on a valid stream.
+    let r = unsafe { sys::cuStreamGetGreenCtx(s, &mut g) };
+    (r == sys::CUresult::CUDA_SUCCESS && !g.is_null()).then_some(g)
+}
+
+/// SMs provisioned to green context `g`.
+pub(crate) fn green_ctx_sms(g: sys::CUgreenCtx) -> Result<u32> {
+    // SAFETY: plain query on a valid green context into a zeroed resource.
+    unsafe {
+        let mut r: sys::CUdevResource = std::mem::zeroed();
+        cu(
+            sys::cuGreenCtxGetDevResource(
+                g,
+                &mut r,
+                sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+            ),
+            "cuGreenCtxGetDevResource",
+        )?;
+        Ok(r.__bindgen_anon_1.sm.smCount)
+    }
+}
+
+/// The SM-count execution affinity of the context bound to this thread (an MPS context's cap).
+pub(crate) fn bound_context_sm_affinity() -> Result<u32> {
+    // SAFETY: plain query of the bound context into a zeroed parameter.
+    unsafe {
+        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
+        cu(
+            sys::cuCtxGetExecAffinity(
+                &mut aff,
+                sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            ),
+            "cuCtxGetExecAffinity",
+        )?;
+        Ok(aff.param.smCount.val)
+    }
+}
+
 /// For the kernel unit tests: the device-0 context (bound to this thread) and its compiled
 /// kernels, or None after printing why `test` is skipped (no usable GPU, e.g. on CI).
 #[cfg(test)]

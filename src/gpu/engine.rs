@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaGraph, CudaStream};
 
-use super::device::{copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
+use super::device::{self, copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
 use super::lt::{Gemm, LtCache, LtHandle};
 use super::weights::{GemmaLayer, RandomSource, WeightSource, Weights};
 use super::{GpuOptions, StageGraph};
@@ -86,48 +86,12 @@ fn bind_stream_context(stream: &Arc<CudaStream>) -> Result<()> {
 /// execution affinity (that context bound), or the whole device. Grids sized to this stay in
 /// one wave on a partition.
 fn stream_sms(stream: &Arc<CudaStream>, device_sms: usize) -> usize {
-    green_sms(stream.cu_stream())
-        .or_else(affinity_sms)
-        .unwrap_or(device_sms)
+    let green =
+        device::stream_green_ctx(stream.cu_stream()).and_then(|g| device::green_ctx_sms(g).ok());
+    green
+        .or_else(|| device::bound_context_sm_affinity().ok().filter(|&n| n > 0))
+        .map_or(device_sms, |n| n as usize)
         .clamp(1, device_sms)
-}
-
-fn green_sms(s: sys::CUstream) -> Option<usize> {
-    static DRIVER: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    let driver = *DRIVER.get_or_init(|| {
-        let mut v = 0;
-        // SAFETY: plain query.
-        unsafe { sys::cuDriverGetVersion(&mut v) };
-        v
-    });
-    if driver < 12040 {
-        return None; // no green contexts before CUDA 12.4
-    }
-    // SAFETY: plain queries on a valid stream / green context.
-    unsafe {
-        let mut g: sys::CUgreenCtx = std::ptr::null_mut();
-        if sys::cuStreamGetGreenCtx(s, &mut g) != sys::CUresult::CUDA_SUCCESS || g.is_null() {
-            return None;
-        }
-        let mut r: sys::CUdevResource = std::mem::zeroed();
-        let t = sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM;
-        if sys::cuGreenCtxGetDevResource(g, &mut r, t) != sys::CUresult::CUDA_SUCCESS {
-            return None;
-        }
-        Some(r.__bindgen_anon_1.sm.smCount as usize)
-    }
-}
-
-fn affinity_sms() -> Option<usize> {
-    // SAFETY: plain query of the bound context.
-    unsafe {
-        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
-        let t = sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT;
-        if sys::cuCtxGetExecAffinity(&mut aff, t) != sys::CUresult::CUDA_SUCCESS {
-            return None;
-        }
-        Some(aff.param.smCount.val as usize).filter(|&n| n > 0)
-    }
 }
 
 fn current_context() -> Result<usize> {

@@ -12,7 +12,7 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use super::split::{Backend, SmLayout, SplitPlan, StagePlan};
 use crate::error::{Error, Result};
-use crate::gpu::device::cu;
+use crate::gpu::device::{bound_context_sm_affinity, cu, green_ctx_sms, stream_green_ctx};
 
 /// Whether a CUDA driver and GPU can be used here; `Err` says why not (for test skips).
 /// Never panics: libcuda is probed with dlopen before cudarc touches it.
@@ -200,16 +200,7 @@ impl GreenGroups {
                 cu(r, "cuGreenCtxStreamCreate")?;
             }
             let stage = GreenStage { gctx: g, stream: s };
-            let mut got: sys::CUdevResource = std::mem::zeroed();
-            cu(
-                sys::cuGreenCtxGetDevResource(
-                    g,
-                    &mut got,
-                    sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
-                ),
-                "cuGreenCtxGetDevResource",
-            )?;
-            Ok((stage, got.__bindgen_anon_1.sm.smCount))
+            Ok((stage, green_ctx_sms(g)?))
         }
     }
 }
@@ -414,10 +405,8 @@ fn capture_stream(hot: &Arc<CudaStream>, owned: &mut Vec<Owned>) -> Result<Arc<C
     let ctx = hot.context();
     ctx.bind_to_thread()
         .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-    unsafe {
-        let mut g: sys::CUgreenCtx = std::ptr::null_mut();
-        let r = sys::cuStreamGetGreenCtx(hot.cu_stream(), &mut g);
-        if r == sys::CUresult::CUDA_SUCCESS && !g.is_null() {
+    if let Some(g) = stream_green_ctx(hot.cu_stream()) {
+        unsafe {
             let mut s: sys::CUstream = std::ptr::null_mut();
             cu(
                 sys::cuGreenCtxStreamCreate(
@@ -549,17 +538,7 @@ fn mps_context(primary: &Arc<CudaContext>, sms: u32) -> Result<Arc<CudaContext>>
 fn mps_affinity(c: &Arc<CudaContext>) -> Result<u32> {
     c.bind_to_thread()
         .map_err(|e| Error::Gpu(format!("bind MPS context: {e}")))?;
-    unsafe {
-        let mut aff: sys::CUexecAffinityParam = std::mem::zeroed();
-        cu(
-            sys::cuCtxGetExecAffinity(
-                &mut aff,
-                sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
-            ),
-            "cuCtxGetExecAffinity",
-        )?;
-        Ok(aff.param.smCount.val)
-    }
+    bound_context_sm_affinity()
 }
 
 /// Whether an MPS daemon serves this process (an SM-capped context can be made). Creates and
