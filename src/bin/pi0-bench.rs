@@ -123,6 +123,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
     );
     let px = cfg.vision.image_size * cfg.vision.image_size * 3;
     let mut rows = Vec::new();
+    let mut breakdown = Vec::new();
     for &(views, prompt, chunk) in &configs {
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let input = ModelInput {
@@ -157,15 +158,26 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             std::hint::black_box(out);
         }
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let mut enc = Vec::new();
-        let mut dec = Vec::new();
+        // Parts of forward: GPU events for each copy and stage, host wall for the rest.
+        let mut parts: [Vec<f64>; 5] = Default::default();
         for _ in 0..args.iterations.clamp(5, 50) {
             let (_, st) = eng.forward_timed(&input, &noise)?;
-            enc.push(st.encoder_ms as f64);
-            dec.push(st.decoder_ms as f64);
+            let vals = [
+                st.upload_ms,
+                st.encoder_ms,
+                st.decoder_ms,
+                st.download_ms,
+                st.host_ms(),
+            ];
+            for (v, x) in parts.iter_mut().zip(vals) {
+                v.push(x as f64);
+            }
         }
-        enc.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        dec.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        for v in parts.iter_mut() {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        }
+        breakdown.push((views, prompt, chunk, parts.each_ref().map(|v| pct(v, 0.5))));
+        let (enc, dec) = (&parts[1], &parts[2]);
         let eager = if args.eager {
             let mut e = Vec::new();
             for _ in 0..args.iterations.clamp(3, 20) {
@@ -185,8 +197,8 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             pct(&ts, 0.5),
             pct(&ts, 0.9),
             pct(&ts, 0.99),
-            pct(&enc, 0.5),
-            pct(&dec, 0.5),
+            pct(enc, 0.5),
+            pct(dec, 0.5),
             eager,
         ));
     }
@@ -207,5 +219,14 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         );
     }
     println!("(iterations {}, warm-up {}, 10 flow steps, forward = upload + encoder graph + decoder graph + download)", args.iterations, args.warmup);
+    println!("\n| views | prompt | chunk | upload ms | encoder ms | decoder ms | download ms | host ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (v, p, c, m) in breakdown {
+        println!(
+            "| {v} | {p} | {c} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            m[0], m[1], m[2], m[3], m[4]
+        );
+    }
+    println!("(medians of `forward_timed`: GPU events per part; host = wall − the four parts: input checks, staging, launches, wake-up)");
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{sys, CudaContext, CudaGraph, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaGraph, CudaStream};
 
 use super::device::{self, copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
 use super::lt::{Gemm, LtCache, LtHandle};
@@ -292,11 +292,26 @@ impl std::fmt::Debug for Pi0Cuda {
 /// (stage, slot, decoder slot, views or prefix length, prompt tokens or chunk).
 type GraphKey = (u8, usize, usize, usize, usize);
 
-/// Stage timings of one `forward_timed` call, milliseconds of GPU time.
+/// Timings of one `forward_timed` call in milliseconds: GPU time of each part (events on the
+/// engine's stream) and the host's wall time of the whole call.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StageTimes {
+    /// Inputs copied to the GPU (images, tokens, state, noise).
+    pub upload_ms: f32,
     pub encoder_ms: f32,
     pub decoder_ms: f32,
+    /// Actions copied back.
+    pub download_ms: f32,
+    /// The whole call on the host (input checks and staging included): what `forward` costs.
+    pub wall_ms: f32,
+}
+
+impl StageTimes {
+    /// Wall time not spent by the GPU on the four parts: input checks and staging on the
+    /// host, graph launches, and waking up after the last copy.
+    pub fn host_ms(&self) -> f32 {
+        self.wall_ms - (self.upload_ms + self.encoder_ms + self.decoder_ms + self.download_ms)
+    }
 }
 
 impl Pi0Cuda {
@@ -622,9 +637,15 @@ impl Pi0Cuda {
         slot: usize,
         input: &ModelInput,
     ) -> Result<()> {
-        input.validate(&self.cfg)?;
+        // Image values are checked while they are copied to the staging buffer (below).
+        input.validate_shapes(&self.cfg)?;
         let p = self.pslot(slot)?;
-        let views: Vec<&Vec<f32>> = input.images.iter().flatten().collect();
+        let views: Vec<(usize, &Vec<f32>)> = input
+            .images
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+            .collect();
         if views.len() > self.d.max_views {
             return Err(Error::Input(format!(
                 "{} valid views, the engine was built for {}",
@@ -641,24 +662,32 @@ impl Pi0Cuda {
         }
         bind_stream_context(stream)?;
         p.staged.sync()?; // the previous upload from the staging buffer has finished
-        let px = views.first().map(|v| v.len()).unwrap_or(0);
+        let px = views.first().map(|v| v.1.len()).unwrap_or(0);
         let base = p.staging.as_mut_ptr();
+        let s = stream.cu_stream();
         // SAFETY: staging holds max_views images + max_prompt tokens; sizes checked above.
         unsafe {
-            for (i, v) in views.iter().enumerate() {
-                std::ptr::copy_nonoverlapping(
-                    v.as_ptr() as *const u8,
+            // Each view goes out as soon as it is staged: its copy to the GPU overlaps the
+            // staging of the next one. A bad value stops before anything reaches the slot.
+            for (i, (slot_index, v)) in views.iter().enumerate() {
+                let dst = std::slice::from_raw_parts_mut(base.add(i * px * 4) as *mut f32, px);
+                if !crate::engine::copy_finite(v, dst) {
+                    // Views already sent still read the staging buffer: fence them.
+                    p.staged.record(s)?;
+                    return Err(crate::engine::non_finite_view(*slot_index));
+                }
+                htod_async(
+                    p.img.ptr + (i * px * 4) as u64,
                     base.add(i * px * 4),
                     px * 4,
-                );
+                    s,
+                )?;
             }
             let toff = self.d.max_views
                 * px.max(self.cfg.vision.image_size * self.cfg.vision.image_size * 3)
                 * 4;
             let tok: Vec<i32> = input.tokens.iter().map(|&t| t as i32).collect();
             std::ptr::copy_nonoverlapping(tok.as_ptr() as *const u8, base.add(toff), tok.len() * 4);
-            let s = stream.cu_stream();
-            htod_async(p.img.ptr, base, views.len() * px * 4, s)?;
             if !tok.is_empty() {
                 htod_async(p.tokens.ptr, base.add(toff), tok.len() * 4, s)?;
             }
@@ -713,12 +742,25 @@ impl Pi0Cuda {
     /// Copies decoder slot `dec`'s actions (chunk × action_dim, normalised) to the host; waits
     /// for `stream`.
     pub fn download_actions(&self, stream: &Arc<CudaStream>, dec: usize) -> Result<Vec<f32>> {
+        self.download_actions_marked(stream, dec, None)
+    }
+
+    /// `download_actions`, recording `mark` on `stream` right after the copy (for timings).
+    fn download_actions_marked(
+        &self,
+        stream: &Arc<CudaStream>,
+        dec: usize,
+        mark: Option<&CudaEvent>,
+    ) -> Result<Vec<f32>> {
         let ds = self.dslot(dec)?;
         let n = self.chunk(dec) * self.cfg.action_dim;
         bind_stream_context(stream)?;
         ds.staged.sync()?;
         let base = ds.staging.as_mut_ptr();
         dtoh_async(base, ds.x_t.ptr, n * 4, stream.cu_stream())?;
+        if let Some(e) = mark {
+            drv(e.record(stream), "event")?;
+        }
         drv(stream.synchronize(), "stream synchronize")?;
         let mut out = vec![0f32; n];
         // SAFETY: the copy above has completed; staging holds n floats.
@@ -1518,37 +1560,44 @@ impl Pi0Cuda {
         self.download_actions(&st, 0)
     }
 
-    /// `forward` (graphs) with GPU event timings of the two stages.
+    /// `forward` (graphs) with GPU event timings of its parts and its host wall time.
     pub fn forward_timed(
         &mut self,
         input: &ModelInput,
         noise: &[f32],
     ) -> Result<(Vec<f32>, StageTimes)> {
         let st = self.stream.clone();
-        // Make sure graphs exist.
+        // Make sure graphs exist for this shape (the first call runs eagerly and captures).
         let _ = self.forward(input, noise)?;
-        self.upload_observation(&st, 0, input)?;
-        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
-        let (ek, dk) = self.forward_graph_keys();
-        let ev: Vec<_> = (0..3)
+        let ev: Vec<_> = (0..5)
             .map(|_| {
                 self.ctx
                     .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             })
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let wall = std::time::Instant::now();
+        drv(ev[0].record(&st), "event")?;
+        self.upload_observation(&st, 0, input)?;
+        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
+        let (ek, dk) = self.forward_graph_keys();
         {
             let g = self.graphs.lock().unwrap();
-            drv(ev[0].record(&st), "event")?;
-            g[&ek].launch_on(&st)?;
             drv(ev[1].record(&st), "event")?;
-            g[&dk].launch_on(&st)?;
+            g[&ek].launch_on(&st)?;
             drv(ev[2].record(&st), "event")?;
+            g[&dk].launch_on(&st)?;
+            drv(ev[3].record(&st), "event")?;
         }
-        let out = self.download_actions(&st, 0)?;
+        let out = self.download_actions_marked(&st, 0, Some(&ev[4]))?;
+        let wall_ms = wall.elapsed().as_secs_f32() * 1e3;
+        let span = |a: usize, b: usize| drv(ev[a].elapsed_ms(&ev[b]), "elapsed");
         let t = StageTimes {
-            encoder_ms: drv(ev[0].elapsed_ms(&ev[1]), "elapsed")?,
-            decoder_ms: drv(ev[1].elapsed_ms(&ev[2]), "elapsed")?,
+            upload_ms: span(0, 1)?,
+            encoder_ms: span(1, 2)?,
+            decoder_ms: span(2, 3)?,
+            download_ms: span(3, 4)?,
+            wall_ms,
         };
         Ok((out, t))
     }
