@@ -458,6 +458,7 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
         }
     }
     let heur = heuristic(h, key, desc, (la, lb, ld), ws_bytes)?;
+    let pick = study_pick(&g, &heur).unwrap_or_else(|| preferred(&g, &heur));
     let candidates = if heur.len() > 1 {
         heur.clone()
     } else {
@@ -468,10 +469,95 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
         la,
         lb,
         ld,
-        algo: heur[0],
+        algo: heur[pick],
         candidates,
         narrow: Vec::new(),
     })
+}
+
+/// Study knob for benchmarks: `PI0_LT_PICK="m,n,k:i;..."` runs the heuristic's candidate `i`
+/// (0 = its first choice) for GEMMs of that shape, and lists the candidates on stderr, so that
+/// algorithms can be compared inside the captured graphs rather than one by one.
+fn study_pick(g: &Gemm, heur: &[ls::cublasLtMatmulAlgo_t]) -> Option<usize> {
+    let spec = std::env::var("PI0_LT_PICK").ok()?;
+    let pick = spec.split(';').find_map(|item| {
+        let (shape, i) = item.split_once(':')?;
+        let dims: Vec<usize> = shape
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        (dims == [g.m, g.n, g.k]).then(|| i.trim().parse::<usize>().ok())?
+    });
+    let pick = pick?;
+    for (i, a) in heur.iter().enumerate() {
+        use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+        let get = |attr: CA| match algo_config(a, attr) {
+            Ok(v) => format!("{v}"),
+            Err(r) => format!("{r:?}"),
+        };
+        eprintln!(
+            "lt study {}x{}x{} candidate {i}{}: algo {} tile {} splitK {} reduction {} stages {} swizzle {} cluster {}",
+            g.m,
+            g.n,
+            g.k,
+            if i == pick { " (picked)" } else { "" },
+            get(CA::CUBLASLT_ALGO_CONFIG_ID),
+            get(CA::CUBLASLT_ALGO_CONFIG_TILE_ID),
+            get(CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+            get(CA::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+            get(CA::CUBLASLT_ALGO_CONFIG_STAGES_ID),
+            get(CA::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+            get(CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+        );
+    }
+    Some(pick.min(heur.len() - 1))
+}
+
+/// One attribute of an algorithm's configuration (all are unsigned, at most 4 bytes).
+fn algo_config(
+    a: &ls::cublasLtMatmulAlgo_t,
+    attr: ls::cublasLtMatmulAlgoConfigAttributes_t,
+) -> std::result::Result<u32, ls::cublasStatus_t> {
+    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+    // The two shape ids are u16, the other attributes 4 bytes; sizes must match.
+    let bytes = match attr {
+        CA::CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID | CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID => 2,
+        _ => 4,
+    };
+    let mut v = 0u32;
+    let mut n = 0usize;
+    // SAFETY: a 4-byte buffer, `bytes` <= 4 of it written.
+    let r = unsafe {
+        ls::cublasLtMatmulAlgoConfigGetAttribute(
+            a,
+            attr,
+            &mut v as *mut u32 as *mut c_void,
+            bytes,
+            &mut n,
+        )
+    };
+    if r == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(v)
+    } else {
+        Err(r)
+    }
+}
+
+/// Which heuristic candidate to run. The heuristic's first choice, except for deep GEMMs
+/// with few output tiles (K ≥ 8 N and at most 640 rows: the Gemma-2B MLP down projection,
+/// 2048 outputs over K = 16384), where its first split-K 2 candidate is taken: one wave of
+/// small tiles left the down projection at 54 % of peak, and in the captured encoder graph
+/// on the H100 split-K 2 (fp32 reduction, a fixed order, so still deterministic) made the
+/// encoder 0.11 ms faster (docs/gpu-notes.md v18). `PI0_LT_PREFER=off` keeps the first choice.
+fn preferred(g: &Gemm, heur: &[ls::cublasLtMatmulAlgo_t]) -> usize {
+    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+    let deep = g.k >= 8 * g.n && g.m <= 640 && g.batch <= 1;
+    if !deep || std::env::var("PI0_LT_PREFER").is_ok_and(|v| v == "off") {
+        return 0;
+    }
+    heur.iter()
+        .position(|a| algo_config(a, CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM) == Ok(2))
+        .unwrap_or(0)
 }
 
 /// The matmul descriptor of `g`: transposes, epilogue, bias type, and an SM-count target for
