@@ -16,7 +16,9 @@
 
 #define WG_BN 128      // weight rows per CTA (4 warps x 32)
 #define WG_BK 64       // k per stage (one 128-byte row per weight row)
-#define WG_STAGES 4
+// Ring depth: 4 stages (two CTAs per SM) by default; 3 stages (three CTAs per SM) for SM
+// partitions too small to hold a GEMM's grid two per SM in one wave. The depth changes only
+// when tiles arrive, not the order of the arithmetic: results are the same bit for bit.
 
 DEV u32 smem_u32(const void* p) {
     u32 r;
@@ -118,14 +120,14 @@ DEV void wg_load_x(u32 sx, const bf16_t* __restrict__ X, int ldx, int rows, int 
     }
 }
 
-// NTP: token tiles of 8 (even), rows <= 8 * NTP.
-template <int NTP>
+// NTP: token tiles of 8 (even), rows <= 8 * NTP; ST: ring stages.
+template <int NTP, int ST>
 DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,
                     float* __restrict__ part, int N, int rows, int kps) {
     extern __shared__ __align__(128) unsigned char wg_smem[];
     const int XR = NTP * 8;
     const u32 stage_bytes = (WG_BN + XR) * 128;
-    const u32 base = smem_u32(wg_smem), bars = base + WG_STAGES * stage_bytes;
+    const u32 base = smem_u32(wg_smem), bars = base + ST * stage_bytes;
     const int split = blockIdx.y;
     const int kbeg = split * kps, nk = kps / WG_BK;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -133,7 +135,7 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
     const bf16_t* wt = W + ((size_t)blockIdx.x * (K / WG_BK) + kbeg / WG_BK) * WG_TILE;
 #if __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {
-        for (int s = 0; s < WG_STAGES; s++) mbar_init(bars + 8 * s);
+        for (int s = 0; s < ST; s++) mbar_init(bars + 8 * s);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -141,12 +143,12 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
 
     // Weights of the first stages before the dependency wait: they do not depend on it.
 #pragma unroll
-    for (int s = 0; s < WG_STAGES - 1; s++)
+    for (int s = 0; s < ST - 1; s++)
         if (s < nk) wg_load_w(base + s * stage_bytes, bars + 8 * s, wt + (size_t)s * WG_TILE);
     pdl_wait();
     pdl_trigger();
 #pragma unroll
-    for (int s = 0; s < WG_STAGES - 1; s++) {
+    for (int s = 0; s < ST - 1; s++) {
         if (s < nk) wg_load_x(base + s * stage_bytes + WG_BN * 128, X, ldx, rows, XR, kbeg + s * WG_BK);
         cp_async_commit();
     }
@@ -160,18 +162,18 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
             for (int e = 0; e < 4; e++) acc[a][j][e] = 0.f;
 
     for (int kt = 0; kt < nk; kt++) {
-        cp_async_wait<WG_STAGES - 2>();
-        wg_wait_w(bars + 8 * (kt % WG_STAGES), kt / WG_STAGES);
+        cp_async_wait<ST - 2>();
+        wg_wait_w(bars + 8 * (kt % ST), kt / ST);
         __syncthreads();
-        const int nxt = kt + WG_STAGES - 1;
+        const int nxt = kt + ST - 1;
         if (nxt < nk) {
-            const int slot = nxt % WG_STAGES;
+            const int slot = nxt % ST;
             const u32 sn = base + slot * stage_bytes;
             wg_load_w(sn, bars + 8 * slot, wt + (size_t)nxt * WG_TILE);
             wg_load_x(sn + WG_BN * 128, X, ldx, rows, XR, kbeg + nxt * WG_BK);
         }
         cp_async_commit();
-        const u32 sw = base + (kt % WG_STAGES) * stage_bytes, sx = sw + WG_BN * 128;
+        const u32 sw = base + (kt % ST) * stage_bytes, sx = sw + WG_BN * 128;
         const int mi = lane >> 3;
 #pragma unroll
         for (int kk = 0; kk < WG_BK / 16; kk++) {
@@ -218,17 +220,22 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
     }
 }
 
-#define WGEMM(NTP)                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) wgemm_t##NTP##_k(                        \
+#define WGEMM(NTP, ST, NAME)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,            \
         float* __restrict__ part, int N, int rows, int kps) {                                  \
-        wgemm_body<NTP>(X, ldx, W, K, part, N, rows, kps);                                     \
+        wgemm_body<NTP, ST>(X, ldx, W, K, part, N, rows, kps);                                 \
     }
-WGEMM(2)
-WGEMM(4)
-WGEMM(6)
-WGEMM(8)
-WGEMM(10)
+WGEMM(2, 4, wgemm_t2_k)
+WGEMM(4, 4, wgemm_t4_k)
+WGEMM(6, 4, wgemm_t6_k)
+WGEMM(8, 4, wgemm_t8_k)
+WGEMM(10, 4, wgemm_t10_k)
+WGEMM(2, 3, wgemm_t2_s3_k)
+WGEMM(4, 3, wgemm_t4_s3_k)
+WGEMM(6, 3, wgemm_t6_s3_k)
+WGEMM(8, 3, wgemm_t8_s3_k)
+WGEMM(10, 3, wgemm_t10_s3_k)
 
 // Sum of the split-K partials of element i of row m (row length n, `splits` splits).
 DEV float part_sum(const float* __restrict__ part, int splits, int rows, int n, int m, int i) {

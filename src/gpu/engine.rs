@@ -414,6 +414,7 @@ impl Pi0Cuda {
                 target_ctas: env_usize("PI0_WGEMM_CTAS")
                     .unwrap_or_else(|| super::skinny::target_ctas(sms)),
                 pdl: opts.pdl && major >= 9,
+                partition_sms: None,
             }
         });
         if wstream.is_some() {
@@ -1354,6 +1355,13 @@ impl Pi0Cuda {
             gu: ds.gu.ptr,
             h: ds.h.ptr,
         };
+        // On an SM partition the weight GEMMs may take their shallow-ring variant (results
+        // unchanged). PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
+        let ring4 = std::env::var("PI0_WGEMM_RING").is_ok_and(|v| v == "4");
+        let wstream = self.wstream.map(|w| WeightStreaming {
+            partition_sms: lt.sm_target.filter(|_| !ring4).map(|n| n as usize),
+            ..w
+        });
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(
@@ -1396,7 +1404,7 @@ impl Pi0Cuda {
                     mask_keys: pl + 1,
                     rope: self.rope_exp.ptr,
                 };
-                match &self.wstream {
+                match &wstream {
                     Some(ws) => {
                         pending =
                             self.expert_layer(s, lt, ws, l, rows, &bufs, ds.part.ptr, pending, &at)?
@@ -1404,7 +1412,7 @@ impl Pi0Cuda {
                     None => self.gemma_layer(s, lt, g, l, qkvw, rows, &bufs, &at, false)?,
                 }
             }
-            if let Some(ws) = &self.wstream {
+            if let Some(ws) = &wstream {
                 self.finish_residual(s, ws, &bufs, ds.part.ptr, pending, rows)?;
             }
             self.launch(

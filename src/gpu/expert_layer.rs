@@ -16,6 +16,8 @@ pub(super) struct WeightStreaming {
     pub target_ctas: usize,
     /// Programmatic dependent launches for these kernels.
     pub pdl: bool,
+    /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
+    pub partition_sms: Option<usize>,
 }
 
 impl Pi0Cuda {
@@ -36,6 +38,7 @@ impl Pi0Cuda {
         let run = skinny::Launch {
             target_ctas: ws.target_ctas,
             pdl: ws.pdl,
+            partition_sms: ws.partition_sms,
         };
         skinny::launch(&self.kernels, s, &run, (x, ldx), w, part, (rows, n, k))
     }

@@ -7,10 +7,14 @@ use cudarc::driver::sys;
 use super::device::{Kernels, A, K};
 use crate::error::Result;
 
-/// Weight rows per CTA, k per pipeline stage, pipeline depth: as in kernels/skinny.cu.
+/// Weight rows per CTA, k per pipeline stage, pipeline depths: as in kernels/skinny.cu.
 const BN: usize = 128;
 const BK: usize = 64;
 const STAGES: usize = 4;
+/// The shallower ring for small SM partitions (three CTAs per SM instead of two).
+const STAGES_SMALL: usize = 3;
+/// Shared memory an SM offers to resident CTAs (H100: 228 KB, 1 KB of it reserved per CTA).
+const SM_SMEM: usize = 228 * 1024;
 /// Token rows the kernel variants cover (10 tiles of 8).
 pub const MAX_ROWS: usize = 80;
 
@@ -31,34 +35,42 @@ pub fn supports(rows: usize, k: usize) -> bool {
     (1..=MAX_ROWS).contains(&rows) && k >= BK && k % BK == 0
 }
 
-/// The token-tile variant for `rows` and its dynamic shared memory.
-fn variant(rows: usize) -> (K, usize) {
+/// The token-tile variant for `rows` with a ring of `stages` and its dynamic shared memory.
+fn variant(rows: usize, stages: usize) -> (K, usize) {
     let tiles = rows.div_ceil(8);
     let even = tiles + (tiles & 1);
-    let k = match even {
-        0..=2 => K::Wgemm2,
-        4 => K::Wgemm4,
-        6 => K::Wgemm6,
-        8 => K::Wgemm8,
-        _ => K::Wgemm10,
+    let shallow = stages == STAGES_SMALL;
+    let k = match (even, shallow) {
+        (0..=2, false) => K::Wgemm2,
+        (4, false) => K::Wgemm4,
+        (6, false) => K::Wgemm6,
+        (8, false) => K::Wgemm8,
+        (_, false) => K::Wgemm10,
+        (0..=2, true) => K::Wgemm2S3,
+        (4, true) => K::Wgemm4S3,
+        (6, true) => K::Wgemm6S3,
+        (8, true) => K::Wgemm8S3,
+        (_, true) => K::Wgemm10S3,
     };
-    (k, smem_bytes(even.max(2)))
+    (k, smem_bytes(even.max(2), stages))
 }
 
 /// The stage ring plus the stages' mbarriers.
-fn smem_bytes(token_tiles: usize) -> usize {
-    (BN + 8 * token_tiles) * BK * 2 * STAGES + 8 * STAGES
+fn smem_bytes(token_tiles: usize, stages: usize) -> usize {
+    (BN + 8 * token_tiles) * BK * 2 * stages + 8 * stages
+}
+
+/// CTAs with `smem` bytes of dynamic shared memory that one SM holds at once.
+fn ctas_per_sm(smem: usize) -> usize {
+    SM_SMEM / (smem + 1024)
 }
 
 /// Every variant with the dynamic shared memory it needs (raised once per kernel at start-up).
-pub fn variants() -> [(K, usize); 5] {
-    [
-        (K::Wgemm2, smem_bytes(2)),
-        (K::Wgemm4, smem_bytes(4)),
-        (K::Wgemm6, smem_bytes(6)),
-        (K::Wgemm8, smem_bytes(8)),
-        (K::Wgemm10, smem_bytes(10)),
-    ]
+pub fn variants() -> Vec<(K, usize)> {
+    [STAGES, STAGES_SMALL]
+        .iter()
+        .flat_map(|&st| [2, 4, 6, 8, 10].map(|t| variant(t * 8, st)))
+        .collect()
 }
 
 /// The CTA count to aim for on a GPU with `sms` multiprocessors: one wave, allowing a few idle
@@ -75,13 +87,32 @@ pub fn plan(rows: usize, n: usize, k: usize, target_ctas: usize) -> WgemmPlan {
     while tiles * splits < target_ctas && k % (2 * splits * BK) == 0 {
         splits *= 2;
     }
-    let (kernel, smem) = variant(rows);
+    let (kernel, smem) = variant(rows, STAGES);
     WgemmPlan {
         kernel,
         grid: (tiles as u32, splits as u32, 1),
         smem: smem as u32,
         splits,
         kps: k / splits,
+    }
+}
+
+/// `p` on an SM partition of `sms` SMs: the shallow-ring variant (three CTAs per SM) when
+/// only it holds the grid in one wave there. Same splits, same arithmetic, same results.
+pub fn fit_partition(p: WgemmPlan, rows: usize, sms: usize) -> WgemmPlan {
+    let ctas = (p.grid.0 * p.grid.1) as usize;
+    if sms * ctas_per_sm(p.smem as usize) >= ctas {
+        return p;
+    }
+    let (kernel, smem) = variant(rows, STAGES_SMALL);
+    if sms * ctas_per_sm(smem) >= ctas {
+        WgemmPlan {
+            kernel,
+            smem: smem as u32,
+            ..p
+        }
+    } else {
+        p
     }
 }
 
@@ -92,6 +123,8 @@ pub struct Launch {
     pub target_ctas: usize,
     /// Programmatic dependent launch.
     pub pdl: bool,
+    /// SMs of the partition the stream runs in (None: the whole GPU).
+    pub partition_sms: Option<usize>,
 }
 
 /// Enqueues `part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ` (`x` = (pointer, row stride), `w`
@@ -105,7 +138,10 @@ pub fn launch(
     part: u64,
     (rows, n, k): (usize, usize, usize),
 ) -> Result<usize> {
-    let p = plan(rows, n, k, run.target_ctas);
+    let mut p = plan(rows, n, k, run.target_ctas);
+    if let Some(sms) = run.partition_sms {
+        p = fit_partition(p, rows, sms);
+    }
     kernels.launch_ex(
         p.kernel,
         p.grid,
@@ -191,6 +227,27 @@ mod tests {
     }
 
     #[test]
+    fn small_partitions_take_the_shallow_ring_only_where_it_fits_one_wave() {
+        let target = target_ctas(132);
+        let qkv = plan(51, 2560, 1024, target); // 160 CTAs
+        let down = plan(51, 1024, 4096, target); // 128 CTAs
+                                                 // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
+        assert_eq!(fit_partition(down, 51, 132), down);
+        assert_eq!(fit_partition(down, 51, 64).kernel, K::Wgemm8);
+        // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.
+        let q64 = fit_partition(qkv, 51, 64);
+        assert_eq!(
+            (q64.kernel, q64.splits, q64.grid),
+            (K::Wgemm8S3, qkv.splits, qkv.grid)
+        );
+        assert!(q64.smem < qkv.smem && ctas_per_sm(q64.smem as usize) == 3);
+        assert_eq!(fit_partition(down, 51, 56).kernel, K::Wgemm8S3);
+        // 40 SMs hold neither in one wave: the deeper ring stays.
+        assert_eq!(fit_partition(down, 51, 40), down);
+        assert_eq!(ctas_per_sm(down.smem as usize), 2);
+    }
+
+    #[test]
     fn splits_stop_at_one_stage_per_split() {
         let p = plan(10, 64, 64, 132);
         assert_eq!((p.splits, p.kps), (1, 64));
@@ -200,7 +257,7 @@ mod tests {
     #[test]
     fn variants_cover_every_row_count() {
         for rows in 1..=MAX_ROWS {
-            let (k, smem) = variant(rows);
+            let (k, smem) = variant(rows, STAGES);
             let tiles = match k {
                 K::Wgemm2 => 2,
                 K::Wgemm4 => 4,
@@ -239,12 +296,25 @@ mod tests {
         let splits = plan(rows, n, k, 123).splits;
         let len = splits * rows * n;
         let part = DBuf::from_slice(&vec![f32::NAN; len]).unwrap();
-        let run = Launch {
-            target_ctas: 123,
-            pdl: false,
-        };
+        // Twice on the whole GPU, then as on a partition of a third of the grid's CTAs in SMs,
+        // where the shallow ring (three CTAs per SM) is what fits the grid in one wave.
+        let deep = plan(rows, n, k, 123);
+        let small = ((deep.grid.0 * deep.grid.1) as usize).div_ceil(3);
         let mut runs = Vec::new();
-        for _ in 0..2 {
+        for partition_sms in [None, None, Some(small)] {
+            let run = Launch {
+                target_ctas: 123,
+                pdl: false,
+                partition_sms,
+            };
+            // NaN first, so that a run that writes nothing cannot pass. SAFETY: synchronous
+            // copy of `len` floats into a buffer of that size.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(part.ptr, &vec![f32::NAN; len]) }
+                .unwrap();
+            // A pageable copy may return before it has landed, and `s` does not wait for it
+            // (docs/gpu-notes.md, lessons v17).
+            // SAFETY: plain context synchronisation.
+            cu(unsafe { sys::cuCtxSynchronize() }, "sync").unwrap();
             let got = launch(
                 kernels,
                 s,
@@ -262,6 +332,17 @@ mod tests {
             runs.push(out);
         }
         assert!(runs[0] == runs[1], "{rows}x{n}x{k}: reruns differ");
+        let shallow = fit_partition(deep, rows, small);
+        println!(
+            "{rows}x{n}x{k} on {small} SMs: {:?} ({} B) vs {:?} on the whole GPU",
+            shallow.kernel, shallow.smem, deep.kernel
+        );
+        assert!(
+            runs[2] == runs[0],
+            "{rows}x{n}x{k}: the {:?} variant differs from {:?}",
+            shallow.kernel,
+            deep.kernel
+        );
         let (mut err, mut norm) = (0f64, 0f64);
         for t in 0..rows {
             for j in 0..n {
