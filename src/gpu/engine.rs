@@ -415,6 +415,8 @@ impl Pi0Cuda {
                     .unwrap_or_else(|| super::skinny::target_ctas(sms)),
                 pdl: opts.pdl && major >= 9,
                 partition_sms: None,
+                // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
+                shallow_ring: std::env::var("PI0_WGEMM_RING").map_or(true, |v| v != "4"),
             }
         });
         if wstream.is_some() {
@@ -1356,10 +1358,9 @@ impl Pi0Cuda {
             h: ds.h.ptr,
         };
         // On an SM partition the weight GEMMs may take their shallow-ring variant (results
-        // unchanged). PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
-        let ring4 = std::env::var("PI0_WGEMM_RING").is_ok_and(|v| v == "4");
+        // unchanged).
         let wstream = self.wstream.map(|w| WeightStreaming {
-            partition_sms: lt.sm_target.filter(|_| !ring4).map(|n| n as usize),
+            partition_sms: lt.sm_target.filter(|_| w.shallow_ring).map(|n| n as usize),
             ..w
         });
         for step in 0..self.cfg.num_steps {

@@ -18,6 +18,8 @@ pub(super) struct WeightStreaming {
     pub pdl: bool,
     /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
     pub partition_sms: Option<usize>,
+    /// Whether GEMMs on a small partition may take the 3-stage ring (three CTAs per SM).
+    pub shallow_ring: bool,
 }
 
 impl Pi0Cuda {
