@@ -671,7 +671,9 @@ impl Pi0Cuda {
         // SAFETY: staging holds max_views images + max_prompt tokens; sizes checked above.
         unsafe {
             // Each view goes out as soon as it is staged: its copy to the GPU overlaps the
-            // staging of the next one. A bad value stops before anything reaches the slot.
+            // staging of the next one. A bad value ends the upload with an error: the slot
+            // keeps its view and token counts, and the views already copied are never encoded
+            // (an encode always follows a complete upload).
             for (i, (slot_index, v)) in views.iter().enumerate() {
                 let dst = std::slice::from_raw_parts_mut(base.add(i * px * 4) as *mut f32, px);
                 if !crate::engine::copy_finite(v, dst) {
