@@ -76,7 +76,7 @@ impl ModelInput {
                 cfg.action_dim
             )));
         }
-        if self.state.iter().any(|x| !x.is_finite()) {
+        if !all_finite(&self.state) {
             return Err(Error::Input("state contains NaN or Inf".into()));
         }
         Ok(())
@@ -160,7 +160,7 @@ pub fn noise_chunk(noise: &[f32], cfg: &ModelConfig) -> Result<usize> {
             cfg.action_dim
         )));
     }
-    if noise.iter().any(|x| !x.is_finite()) {
+    if !all_finite(noise) {
         return Err(Error::Input("noise contains NaN or Inf".into()));
     }
     Ok(noise.len() / cfg.action_dim)
