@@ -417,6 +417,7 @@ impl Pi0Cuda {
                 partition_sms: None,
                 // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
                 shallow_ring: std::env::var("PI0_WGEMM_RING").map_or(true, |v| v != "4"),
+                sm_smem: super::skinny::sm_smem(&ctx),
             }
         });
         if wstream.is_some() {
@@ -713,7 +714,7 @@ impl Pi0Cuda {
         noise: &[f32],
     ) -> Result<()> {
         let a = self.cfg.action_dim;
-        if state.len() != a || state.iter().any(|x| !x.is_finite()) {
+        if state.len() != a || !crate::engine::all_finite(state) {
             return Err(Error::Input(format!("state must be {a} finite values")));
         }
         let c = noise_chunk(noise, &self.cfg)?;

@@ -20,6 +20,8 @@ pub(super) struct WeightStreaming {
     pub partition_sms: Option<usize>,
     /// Whether GEMMs on a small partition may take the 3-stage ring (three CTAs per SM).
     pub shallow_ring: bool,
+    /// The device's shared memory per SM (0: unknown, no refitting).
+    pub sm_smem: usize,
 }
 
 impl Pi0Cuda {
@@ -41,6 +43,7 @@ impl Pi0Cuda {
             target_ctas: ws.target_ctas,
             pdl: ws.pdl,
             partition_sms: ws.partition_sms,
+            sm_smem: ws.sm_smem,
         };
         skinny::launch(&self.kernels, s, &run, (x, ldx), w, part, (rows, n, k))
     }

@@ -13,8 +13,8 @@ const BK: usize = 64;
 const STAGES: usize = 4;
 /// The shallower ring for small SM partitions (three CTAs per SM instead of two).
 const STAGES_SMALL: usize = 3;
-/// Shared memory an SM offers to resident CTAs (H100: 228 KB, 1 KB of it reserved per CTA).
-const SM_SMEM: usize = 228 * 1024;
+/// Shared memory the driver reserves per resident CTA (sm_80 and later).
+const CTA_RESERVED_SMEM: usize = 1024;
 /// Token rows the kernel variants cover (10 tiles of 8).
 pub const MAX_ROWS: usize = 80;
 
@@ -35,24 +35,26 @@ pub fn supports(rows: usize, k: usize) -> bool {
     (1..=MAX_ROWS).contains(&rows) && k >= BK && k % BK == 0
 }
 
+/// The kernels by token tiles (2, 4, 6, 8, 10), for each ring depth.
+const DEEP: [K; 5] = [K::Wgemm2, K::Wgemm4, K::Wgemm6, K::Wgemm8, K::Wgemm10];
+const SHALLOW: [K; 5] = [
+    K::Wgemm2S3,
+    K::Wgemm4S3,
+    K::Wgemm6S3,
+    K::Wgemm8S3,
+    K::Wgemm10S3,
+];
+
 /// The token-tile variant for `rows` with a ring of `stages` and its dynamic shared memory.
 fn variant(rows: usize, stages: usize) -> (K, usize) {
     let tiles = rows.div_ceil(8);
-    let even = tiles + (tiles & 1);
-    let shallow = stages == STAGES_SMALL;
-    let k = match (even, shallow) {
-        (0..=2, false) => K::Wgemm2,
-        (4, false) => K::Wgemm4,
-        (6, false) => K::Wgemm6,
-        (8, false) => K::Wgemm8,
-        (_, false) => K::Wgemm10,
-        (0..=2, true) => K::Wgemm2S3,
-        (4, true) => K::Wgemm4S3,
-        (6, true) => K::Wgemm6S3,
-        (8, true) => K::Wgemm8S3,
-        (_, true) => K::Wgemm10S3,
+    let even = (tiles + (tiles & 1)).clamp(2, 10);
+    let kernels = if stages == STAGES_SMALL {
+        SHALLOW
+    } else {
+        DEEP
     };
-    (k, smem_bytes(even.max(2), stages))
+    (kernels[even / 2 - 1], smem_bytes(even, stages))
 }
 
 /// The stage ring plus the stages' mbarriers.
@@ -60,9 +62,17 @@ fn smem_bytes(token_tiles: usize, stages: usize) -> usize {
     (BN + 8 * token_tiles) * BK * 2 * stages + 8 * stages
 }
 
-/// CTAs with `smem` bytes of dynamic shared memory that one SM holds at once.
-fn ctas_per_sm(smem: usize) -> usize {
-    SM_SMEM / (smem + 1024)
+/// Shared memory per SM of `ctx`'s device; 0 when the driver does not say (then no grid is
+/// refitted for a partition).
+pub fn sm_smem(ctx: &cudarc::driver::CudaContext) -> usize {
+    ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+        .map_or(0, |b| b.max(0) as usize)
+}
+
+/// CTAs with `smem` bytes of dynamic shared memory that an SM with `sm_smem` bytes of shared
+/// memory holds at once.
+fn ctas_per_sm(smem: usize, sm_smem: usize) -> usize {
+    sm_smem / (smem + CTA_RESERVED_SMEM)
 }
 
 /// Every variant with the dynamic shared memory it needs (raised once per kernel at start-up).
@@ -97,15 +107,16 @@ pub fn plan(rows: usize, n: usize, k: usize, target_ctas: usize) -> WgemmPlan {
     }
 }
 
-/// `p` on an SM partition of `sms` SMs: the shallow-ring variant (three CTAs per SM) when
-/// only it holds the grid in one wave there. Same splits, same arithmetic, same results.
-pub fn fit_partition(p: WgemmPlan, rows: usize, sms: usize) -> WgemmPlan {
+/// `p` on an SM partition of `sms` SMs with `sm_smem` bytes of shared memory each: the
+/// shallow-ring variant (three CTAs per SM on an H100) when only it holds the grid in one
+/// wave there. Same splits, same arithmetic, same results.
+pub fn fit_partition(p: WgemmPlan, rows: usize, sms: usize, sm_smem: usize) -> WgemmPlan {
     let ctas = (p.grid.0 * p.grid.1) as usize;
-    if sms * ctas_per_sm(p.smem as usize) >= ctas {
+    if sms * ctas_per_sm(p.smem as usize, sm_smem) >= ctas {
         return p;
     }
     let (kernel, smem) = variant(rows, STAGES_SMALL);
-    if sms * ctas_per_sm(smem) >= ctas {
+    if sms * ctas_per_sm(smem, sm_smem) >= ctas {
         WgemmPlan {
             kernel,
             smem: smem as u32,
@@ -125,6 +136,8 @@ pub struct Launch {
     pub pdl: bool,
     /// SMs of the partition the stream runs in (None: the whole GPU).
     pub partition_sms: Option<usize>,
+    /// Shared memory per SM (the device's maximum), for fitting grids on partitions.
+    pub sm_smem: usize,
 }
 
 /// Enqueues `part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ` (`x` = (pointer, row stride), `w`
@@ -140,7 +153,7 @@ pub fn launch(
 ) -> Result<usize> {
     let mut p = plan(rows, n, k, run.target_ctas);
     if let Some(sms) = run.partition_sms {
-        p = fit_partition(p, rows, sms);
+        p = fit_partition(p, rows, sms, run.sm_smem);
     }
     kernels.launch_ex(
         p.kernel,
@@ -228,23 +241,24 @@ mod tests {
 
     #[test]
     fn small_partitions_take_the_shallow_ring_only_where_it_fits_one_wave() {
+        const H100: usize = 228 * 1024;
         let target = target_ctas(132);
         let qkv = plan(51, 2560, 1024, target); // 160 CTAs
         let down = plan(51, 1024, 4096, target); // 128 CTAs
                                                  // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
-        assert_eq!(fit_partition(down, 51, 132), down);
-        assert_eq!(fit_partition(down, 51, 64).kernel, K::Wgemm8);
+        assert_eq!(fit_partition(down, 51, 132, H100), down);
+        assert_eq!(fit_partition(down, 51, 64, H100).kernel, K::Wgemm8);
         // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.
-        let q64 = fit_partition(qkv, 51, 64);
+        let q64 = fit_partition(qkv, 51, 64, H100);
         assert_eq!(
             (q64.kernel, q64.splits, q64.grid),
             (K::Wgemm8S3, qkv.splits, qkv.grid)
         );
-        assert!(q64.smem < qkv.smem && ctas_per_sm(q64.smem as usize) == 3);
-        assert_eq!(fit_partition(down, 51, 56).kernel, K::Wgemm8S3);
+        assert!(q64.smem < qkv.smem && ctas_per_sm(q64.smem as usize, H100) == 3);
+        assert_eq!(fit_partition(down, 51, 56, H100).kernel, K::Wgemm8S3);
         // 40 SMs hold neither in one wave: the deeper ring stays.
-        assert_eq!(fit_partition(down, 51, 40), down);
-        assert_eq!(ctas_per_sm(down.smem as usize), 2);
+        assert_eq!(fit_partition(down, 51, 40, H100), down);
+        assert_eq!(ctas_per_sm(down.smem as usize, H100), 2);
     }
 
     #[test]
@@ -281,7 +295,12 @@ mod tests {
     /// Runs `rows` x `n` x `k` twice on the GPU (reruns must agree bit for bit) and checks the
     /// sum of the split-K partials against an f64 product of the same bf16 inputs. The partial
     /// buffer starts as NaN, so a split or a row the kernel skips cannot pass.
-    fn check_shape(kernels: &Kernels, s: sys::CUstream, (rows, n, k): (usize, usize, usize)) {
+    fn check_shape(
+        kernels: &Kernels,
+        s: sys::CUstream,
+        sm_smem: usize,
+        (rows, n, k): (usize, usize, usize),
+    ) {
         let mut rng = rand::rngs::StdRng::seed_from_u64((rows * n + k) as u64);
         let mut random = |len: usize| -> Vec<half::bf16> {
             (0..len)
@@ -306,6 +325,7 @@ mod tests {
                 target_ctas: 123,
                 pdl: false,
                 partition_sms,
+                sm_smem,
             };
             // NaN first, so that a run that writes nothing cannot pass. SAFETY: synchronous
             // copy of `len` floats into a buffer of that size.
@@ -332,7 +352,7 @@ mod tests {
             runs.push(out);
         }
         assert!(runs[0] == runs[1], "{rows}x{n}x{k}: reruns differ");
-        let shallow = fit_partition(deep, rows, small);
+        let shallow = fit_partition(deep, rows, small, sm_smem);
         println!(
             "{rows}x{n}x{k} on {small} SMs: {:?} ({} B) vs {:?} on the whole GPU",
             shallow.kernel, shallow.smem, deep.kernel
@@ -382,7 +402,7 @@ mod tests {
             (13, 200, 192),
             (80, 256, 512),
         ] {
-            check_shape(&kernels, stream.cu_stream(), shape);
+            check_shape(&kernels, stream.cu_stream(), sm_smem(&ctx), shape);
         }
     }
 }
