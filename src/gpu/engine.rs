@@ -1529,7 +1529,23 @@ impl Pi0Cuda {
     /// Graphs are captured on the first call for each (views, prompt length, chunk); that call
     /// runs eagerly.
     pub fn forward(&mut self, input: &ModelInput, noise: &[f32]) -> Result<Vec<f32>> {
+        self.forward_marked(input, noise, None)
+    }
+
+    /// `forward`, recording `marks` on the stream before the upload, after it, after each
+    /// graph and after the action copy (the last four only once the graphs exist).
+    fn forward_marked(
+        &mut self,
+        input: &ModelInput,
+        noise: &[f32],
+        marks: Option<&[CudaEvent; 5]>,
+    ) -> Result<Vec<f32>> {
         let st = self.stream.clone();
+        let mark = |i: usize| match marks {
+            Some(m) => drv(m[i].record(&st), "event"),
+            None => Ok(()),
+        };
+        mark(0)?;
         self.upload_observation(&st, 0, input)?;
         self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
         let (ek, dk) = self.forward_graph_keys();
@@ -1551,14 +1567,17 @@ impl Pi0Cuda {
         }
         {
             let g = self.graphs.lock().unwrap();
+            mark(1)?;
             nvtx::range_push!("encoder graph");
             g[&ek].launch_on(&st)?;
             nvtx::range_pop!();
+            mark(2)?;
             nvtx::range_push!("decoder graph");
             g[&dk].launch_on(&st)?;
             nvtx::range_pop!();
+            mark(3)?;
         }
-        self.download_actions(&st, 0)
+        self.download_actions_marked(&st, 0, marks.map(|m| &m[4]))
     }
 
     /// Same as `forward` without graphs (every kernel launched from the host), for debugging
@@ -1578,32 +1597,18 @@ impl Pi0Cuda {
         input: &ModelInput,
         noise: &[f32],
     ) -> Result<(Vec<f32>, StageTimes)> {
-        let st = self.stream.clone();
         // Make sure graphs exist for this shape (the first call runs eagerly and captures).
         let _ = self.forward(input, noise)?;
-        let ev: Vec<_> = (0..5)
-            .map(|_| {
-                self.ctx
-                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            })
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
+        let event = || {
+            self.ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| Error::Gpu(format!("{e:?}")))
+        };
+        let marks = [event()?, event()?, event()?, event()?, event()?];
         let wall = std::time::Instant::now();
-        drv(ev[0].record(&st), "event")?;
-        self.upload_observation(&st, 0, input)?;
-        self.upload_decoder_inputs(&st, 0, &input.state, noise)?;
-        let (ek, dk) = self.forward_graph_keys();
-        {
-            let g = self.graphs.lock().unwrap();
-            drv(ev[1].record(&st), "event")?;
-            g[&ek].launch_on(&st)?;
-            drv(ev[2].record(&st), "event")?;
-            g[&dk].launch_on(&st)?;
-            drv(ev[3].record(&st), "event")?;
-        }
-        let out = self.download_actions_marked(&st, 0, Some(&ev[4]))?;
+        let out = self.forward_marked(input, noise, Some(&marks))?;
         let wall_ms = wall.elapsed().as_secs_f32() * 1e3;
-        let span = |a: usize, b: usize| drv(ev[a].elapsed_ms(&ev[b]), "elapsed");
+        let span = |a: usize, b: usize| drv(marks[a].elapsed_ms(&marks[b]), "elapsed");
         let t = StageTimes {
             upload_ms: span(0, 1)?,
             encoder_ms: span(1, 2)?,
