@@ -4,6 +4,7 @@
 
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
+typedef unsigned long long u64;
 
 #define DEV __device__ __forceinline__
 

@@ -81,20 +81,40 @@ DEV bool mbar_try_wait(u32 bar, u32 parity) {
 }
 #endif
 
+// L2 policy for the weight stream: every weight is read once per flow step and the expert's
+// 620 MB never fit the L2, so its tiles are marked evict-first (they would otherwise push out
+// what is reused: split-K partials, the prefix K/V cache, and under SM partitions the
+// encoder's operands). 0 = no hint.
+DEV u64 wg_policy(int evict_first) {
+    u64 pol = 0;
+#if __CUDA_ARCH__ >= 900
+    if (evict_first) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+#endif
+    return pol;
+}
+
 // Requests weight tile `tile` into ring slot `sw` (barrier `bar` on Hopper): one bulk copy by
-// thread 0, or 8 cp.async per thread (in the caller's commit group) before Hopper.
-DEV void wg_load_w(u32 sw, u32 bar, const bf16_t* __restrict__ tile) {
+// thread 0 (with L2 policy `pol` when non-zero), or 8 cp.async per thread (in the caller's
+// commit group) before Hopper.
+DEV void wg_load_w(u32 sw, u32 bar, const bf16_t* __restrict__ tile, u64 pol) {
 #if __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
                      "r"(WG_TILE * 2)
                      : "memory");
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
-            "[%3];\n" ::"r"(sw),
-            "l"(tile), "r"(WG_TILE * 2), "r"(bar)
-            : "memory");
+        if (pol)
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+                "[%0], [%1], %2, [%3], %4;\n" ::"r"(sw),
+                "l"(tile), "r"(WG_TILE * 2), "r"(bar), "l"(pol)
+                : "memory");
+        else
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
+                "[%3];\n" ::"r"(sw),
+                "l"(tile), "r"(WG_TILE * 2), "r"(bar)
+                : "memory");
     }
 #else
 #pragma unroll
@@ -123,7 +143,7 @@ DEV void wg_load_x(u32 sx, const bf16_t* __restrict__ X, int ldx, int rows, int 
 // NTP: token tiles of 8 (even), rows <= 8 * NTP; ST: ring stages.
 template <int NTP, int ST>
 DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,
-                    float* __restrict__ part, int N, int rows, int kps) {
+                    float* __restrict__ part, int N, int rows, int kps, int evict_first) {
     extern __shared__ __align__(128) unsigned char wg_smem[];
     const int XR = NTP * 8;
     const u32 stage_bytes = (WG_BN + XR) * 128;
@@ -133,6 +153,7 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // This CTA's tiles: band blockIdx.x, k tiles kbeg/64 .. + nk.
     const bf16_t* wt = W + ((size_t)blockIdx.x * (K / WG_BK) + kbeg / WG_BK) * WG_TILE;
+    const u64 pol = wg_policy(evict_first);
 #if __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) mbar_init(bars + 8 * s);
@@ -144,7 +165,7 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
     // Weights of the first stages before the dependency wait: they do not depend on it.
 #pragma unroll
     for (int s = 0; s < ST - 1; s++)
-        if (s < nk) wg_load_w(base + s * stage_bytes, bars + 8 * s, wt + (size_t)s * WG_TILE);
+        if (s < nk) wg_load_w(base + s * stage_bytes, bars + 8 * s, wt + (size_t)s * WG_TILE, pol);
     pdl_wait();
     pdl_trigger();
 #pragma unroll
@@ -169,7 +190,7 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
         if (nxt < nk) {
             const int slot = nxt % ST;
             const u32 sn = base + slot * stage_bytes;
-            wg_load_w(sn, bars + 8 * slot, wt + (size_t)nxt * WG_TILE);
+            wg_load_w(sn, bars + 8 * slot, wt + (size_t)nxt * WG_TILE, pol);
             wg_load_x(sn + WG_BN * 128, X, ldx, rows, XR, kbeg + nxt * WG_BK);
         }
         cp_async_commit();
@@ -223,8 +244,8 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
 #define WGEMM(NTP, ST, NAME)                                                                   \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,            \
-        float* __restrict__ part, int N, int rows, int kps) {                                  \
-        wgemm_body<NTP, ST>(X, ldx, W, K, part, N, rows, kps);                                 \
+        float* __restrict__ part, int N, int rows, int kps, int evict_first) {                 \
+        wgemm_body<NTP, ST>(X, ldx, W, K, part, N, rows, kps, evict_first);                    \
     }
 WGEMM(2, 4, wgemm_t2_k)
 WGEMM(4, 4, wgemm_t4_k)

@@ -29,6 +29,9 @@ struct Args {
     /// Also sweep complementary splits (encoder 90..20 %).
     #[arg(long)]
     sweep: bool,
+    /// More splits to time, e.g. `48-52,45-55` (encoder-decoder percentages, concurrent).
+    #[arg(long, value_delimiter = ',', value_parser = parse_split)]
+    splits: Vec<(u32, u32)>,
     /// Skip the six-way benchmark.
     #[arg(long)]
     no_bench: bool,
@@ -57,6 +60,21 @@ struct Args {
     /// Write JSON results and tables here.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// `E-D` → (E, D), both percentages in 1..=100.
+fn parse_split(s: &str) -> Result<(u32, u32), String> {
+    let (e, d) = s
+        .split_once('-')
+        .ok_or_else(|| format!("split {s:?}: expected ENCODER-DECODER, e.g. 48-52"))?;
+    let pct = |v: &str| -> Result<u32, String> {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .ok_or_else(|| format!("split {s:?}: {v:?} is not a percentage in 1..=100"))
+    };
+    Ok((pct(e)?, pct(d)?))
 }
 
 fn main() {
@@ -307,7 +325,7 @@ fn run_all<E: StageEngine + 'static>(
     }
 
     if !args.no_bench {
-        let sweep: Vec<(u32, u32)> = if args.sweep {
+        let mut sweep: Vec<(u32, u32)> = if args.sweep {
             vec![
                 (90, 10),
                 (80, 20),
@@ -324,6 +342,7 @@ fn run_all<E: StageEngine + 'static>(
         } else {
             vec![]
         };
+        sweep.extend(&args.splits);
         let pb = if backend == Backend::Mps {
             Backend::Mps
         } else {

@@ -418,6 +418,8 @@ impl Pi0Cuda {
                 // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
                 shallow_ring: std::env::var("PI0_WGEMM_RING").map_or(true, |v| v != "4"),
                 sm_smem: super::skinny::sm_smem(&ctx),
+                // PI0_WGEMM_L2=normal: no L2 eviction hint on the weight stream (comparison knob).
+                evict_first: std::env::var("PI0_WGEMM_L2").map_or(true, |v| v != "normal"),
             }
         });
         if wstream.is_some() {

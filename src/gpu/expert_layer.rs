@@ -22,6 +22,8 @@ pub(super) struct WeightStreaming {
     pub shallow_ring: bool,
     /// The device's shared memory per SM (0: unknown, no refitting).
     pub sm_smem: usize,
+    /// Weight tiles streamed with an L2 evict-first policy.
+    pub evict_first: bool,
 }
 
 impl Pi0Cuda {
@@ -44,6 +46,7 @@ impl Pi0Cuda {
             pdl: ws.pdl,
             partition_sms: ws.partition_sms,
             sm_smem: ws.sm_smem,
+            evict_first: ws.evict_first,
         };
         skinny::launch(&self.kernels, s, &run, (x, ldx), w, part, (rows, n, k))
     }

@@ -138,6 +138,8 @@ pub struct Launch {
     pub partition_sms: Option<usize>,
     /// Shared memory per SM (the device's maximum), for fitting grids on partitions.
     pub sm_smem: usize,
+    /// Weight tiles marked L2 evict-first (Hopper bulk copies; no effect elsewhere).
+    pub evict_first: bool,
 }
 
 /// Enqueues `part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ` (`x` = (pointer, row stride), `w`
@@ -170,6 +172,7 @@ pub fn launch(
             A::I(n as i32),
             A::I(rows as i32),
             A::I(p.kps as i32),
+            A::I(run.evict_first as i32),
         ],
         run.pdl,
     )?;
@@ -326,6 +329,7 @@ mod tests {
                 pdl: false,
                 partition_sms,
                 sm_smem,
+                evict_first: true,
             };
             // NaN first, so that a run that writes nothing cannot pass. SAFETY: synchronous
             // copy of `len` floats into a buffer of that size.
