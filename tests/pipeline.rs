@@ -233,6 +233,91 @@ async fn scheduler_sequential_and_concurrent_match_the_runner() {
         .unwrap();
 }
 
+/// A split the GPU cannot take: the scheduler takes the split it runs back, says so, and keeps
+/// serving; an equal request afterwards is not re-applied, a new one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_takes_back_a_split_the_gpu_refused() {
+    use pi0_mps::pipeline::scheduler::SmSplit;
+    use std::sync::Mutex;
+    let r = runner();
+    let s = settings();
+    let calls: Arc<Mutex<Vec<SmSplit>>> = Arc::default();
+    let reconfigure: scheduler::Reconfigure = {
+        let calls = calls.clone();
+        Arc::new(move |split: SmSplit| {
+            calls.lock().unwrap().push(split);
+            if split.encoder_pct == 30 {
+                Err(pi0_mps::Error::Gpu(
+                    "injected: green context creation failed".into(),
+                ))
+            } else {
+                Ok(Some(format!("applied {split}")))
+            }
+        })
+    };
+    let (tx, mut out, task) =
+        scheduler::spawn_with_reconfigure(r.clone(), s.clone(), || NOW, reconfigure);
+    let split = |e: u32, d: u32| {
+        let mut l = s.clone();
+        l.encoder_pct = e;
+        l.decoder_pct = d;
+        Input::Settings(Box::new(l))
+    };
+    let sp = |e, d| SmSplit {
+        encoder_pct: e,
+        decoder_pct: d,
+        concurrent: false,
+    };
+    tx.send(split(70, 30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(split(30, 70)).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(30), out.recv()).await {
+        Ok(Some(Output::SplitRefused {
+            requested,
+            restored,
+            reason,
+        })) => {
+            assert_eq!(requested, sp(30, 70));
+            assert_eq!(restored, sp(70, 30), "back to the split the GPU runs");
+            assert!(reason.contains("injected"), "{reason}");
+        }
+        other => panic!("expected SplitRefused, got {other:?}"),
+    }
+    // The scheduler is at 70-30 again: asking for 70-30 changes nothing, 60-40 is applied.
+    tx.send(split(70, 30)).await.unwrap();
+    tx.send(split(60, 40)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![sp(70, 30), sp(30, 70), sp(60, 40)]
+    );
+    // Inference goes on.
+    let i0 = image(6, 64, 48, "rgb8");
+    let v0 = Arc::new(r.prepare_image(&i0.as_raw()).unwrap());
+    tx.send(Input::Joints(JointSample {
+        stamp: T + 100,
+        positions: vec![0.1; 7],
+    }))
+    .await
+    .unwrap();
+    for camera in 0..2 {
+        tx.send(Input::Frame {
+            camera,
+            stamp: T + 100,
+            image: v0.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let c = next_chunk(&mut out).await;
+    assert!(c.points.iter().flatten().all(|x| x.is_finite()));
+    tx.send(Input::Shutdown).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("scheduler stops")
+        .unwrap();
+}
+
 /// The CUDA backend (partitioned streams) through the same runner: matches the CPU engine
 /// within bf16 tolerance, and the split changes live. Skips on machines without a GPU.
 #[test]

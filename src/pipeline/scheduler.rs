@@ -11,6 +11,10 @@
 //!   with another prompt is not used.
 //! - Live settings apply at the next dispatch (a frame boundary). Inputs that arrive while a
 //!   stage is busy are kept in the sync buffers; the newest one wins.
+//! - SM split changes are prepared on a third thread, in order, the newest pending one only
+//!   (graph capture takes a while). One that fails leaves the GPU on the split it had: the
+//!   scheduler takes that split back and reports it ([`Output::SplitRefused`]), so what the
+//!   node says is in effect is what runs.
 //! - Shutdown: no new work; in-flight work is finished (its chunks are still sent) or, after
 //!   `drain_timeout`, abandoned; then the workers exit and the runner is dropped.
 
@@ -53,6 +57,57 @@ pub enum Output {
         index: Option<u64>,
         error: String,
     },
+    /// The GPU could not take `requested`; it stays on `restored`, which the scheduler's
+    /// settings are back at (the node puts its parameters back too).
+    SplitRefused {
+        requested: SmSplit,
+        restored: SmSplit,
+        reason: String,
+    },
+}
+
+/// The live GPU partition settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmSplit {
+    pub encoder_pct: u32,
+    pub decoder_pct: u32,
+    pub concurrent: bool,
+}
+
+impl SmSplit {
+    pub fn of(s: &NodeSettings) -> Self {
+        SmSplit {
+            encoder_pct: s.encoder_pct,
+            decoder_pct: s.decoder_pct,
+            concurrent: s.concurrent,
+        }
+    }
+}
+
+impl std::fmt::Display for SmSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "encoder {}% / decoder {}% ({})",
+            self.encoder_pct,
+            self.decoder_pct,
+            if self.concurrent {
+                "concurrent"
+            } else {
+                "sequential"
+            }
+        )
+    }
+}
+
+/// Applies a split to the GPU: `Ok(Some(report))`, `Ok(None)` when the engine has no
+/// partitions, or why it could not (the GPU then keeps its previous split).
+pub type Reconfigure = Arc<dyn Fn(SmSplit) -> Result<Option<String>> + Send + Sync>;
+
+/// A split change for the reconfiguration thread; `generation` orders the requests.
+struct SplitJob {
+    generation: u64,
+    split: SmSplit,
 }
 
 enum Job {
@@ -75,6 +130,7 @@ enum Job {
 enum Done {
     Chunk(u64, Result<ActionChunk>),
     Prefix(Result<Prefix>),
+    Split(u64, SmSplit, Result<Option<String>>),
 }
 
 /// Counters for diagnostics.
@@ -87,12 +143,16 @@ pub struct Counters {
 
 /// The scheduler's state; run it with [`Scheduler::run`].
 pub struct Scheduler<F: Fn() -> Stamp> {
-    runner: Arc<PolicyRunner>,
     settings: NodeSettings,
     sync: ObservationSync<ModelImage>,
     now: F,
     enc_tx: Option<std_mpsc::Sender<Job>>,
     dec_tx: Option<std_mpsc::Sender<Job>>,
+    split_tx: Option<std_mpsc::Sender<SplitJob>>,
+    /// The split the GPU runs (the last one applied without error).
+    applied: SmSplit,
+    /// Generation of the newest split request.
+    split_generation: u64,
     done_rx: mpsc::UnboundedReceiver<Done>,
     workers: Vec<JoinHandle<()>>,
     enc_busy: bool,
@@ -145,23 +205,66 @@ fn worker(
         .expect("spawn worker thread")
 }
 
+/// Applies split requests in order; of several waiting, only the newest (the older ones would
+/// be replaced at once anyway).
+fn split_worker(
+    reconfigure: Reconfigure,
+    jobs: std_mpsc::Receiver<SplitJob>,
+    done: mpsc::UnboundedSender<Done>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("pi0-reconfigure".into())
+        .spawn(move || {
+            while let Ok(mut job) = jobs.recv() {
+                while let Ok(newer) = jobs.try_recv() {
+                    job = newer;
+                }
+                let r = reconfigure(job.split);
+                if done
+                    .send(Done::Split(job.generation, job.split, r))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+        .expect("spawn reconfiguration thread")
+}
+
 impl<F: Fn() -> Stamp> Scheduler<F> {
-    /// Starts the two worker threads. `now` is the clock the sync ages frames against.
+    /// Starts the worker threads. `now` is the clock the sync ages frames against.
     pub fn new(runner: Arc<PolicyRunner>, settings: NodeSettings, now: F) -> Self {
+        let r = runner.clone();
+        let reconfigure: Reconfigure =
+            Arc::new(move |s: SmSplit| r.reconfigure(s.encoder_pct, s.decoder_pct, s.concurrent));
+        Self::with_reconfigure(runner, settings, now, reconfigure)
+    }
+
+    /// [`Scheduler::new`] with another way to apply split changes (tests inject failures).
+    pub fn with_reconfigure(
+        runner: Arc<PolicyRunner>,
+        settings: NodeSettings,
+        now: F,
+        reconfigure: Reconfigure,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (enc_tx, enc_rx) = std_mpsc::channel();
         let (dec_tx, dec_rx) = std_mpsc::channel();
+        let (split_tx, split_rx) = std_mpsc::channel();
         let workers = vec![
             worker("pi0-encoder", runner.clone(), enc_rx, done_tx.clone()),
-            worker("pi0-decoder", runner.clone(), dec_rx, done_tx),
+            worker("pi0-decoder", runner.clone(), dec_rx, done_tx.clone()),
+            split_worker(reconfigure, split_rx, done_tx),
         ];
         Scheduler {
-            runner,
             sync: ObservationSync::new(SyncConfig::from_settings(&settings)),
+            applied: SmSplit::of(&settings),
+            split_generation: 0,
             settings,
             now,
             enc_tx: Some(enc_tx),
             dec_tx: Some(dec_tx),
+            split_tx: Some(split_tx),
             done_rx,
             workers,
             enc_busy: false,
@@ -210,6 +313,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
         // Drain: no new jobs; wait for the busy stages.
         self.enc_tx = None;
         self.dec_tx = None;
+        self.split_tx = None;
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while self.enc_busy || self.dec_busy {
             match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
@@ -248,23 +352,15 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
                 s.decoder_pct
             );
         }
-        let split_changed = (old.encoder_pct, old.decoder_pct, old.concurrent)
-            != (s.encoder_pct, s.decoder_pct, s.concurrent);
-        if split_changed {
-            // GPU partitions are prepared off the hot path (graph capture takes a while).
-            let (runner, e, d, c) = (
-                self.runner.clone(),
-                s.encoder_pct,
-                s.decoder_pct,
-                s.concurrent,
-            );
-            tokio::task::spawn_blocking(move || match runner.reconfigure(e, d, c) {
-                Ok(Some(report)) => log::info!("GPU {report}"),
-                Ok(None) => {
-                    log::info!("(this engine has no SM partitions: the split is recorded only)")
-                }
-                Err(err) => log::error!("GPU reconfiguration to {e}/{d} failed: {err}"),
-            });
+        let split = SmSplit::of(&s);
+        if split != SmSplit::of(old) {
+            self.split_generation += 1;
+            if let Some(tx) = &self.split_tx {
+                let _ = tx.send(SplitJob {
+                    generation: self.split_generation,
+                    split,
+                });
+            }
         }
         // Only live fields change; the rest was fixed at start.
         self.settings.concurrent = s.concurrent;
@@ -275,6 +371,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
 
     fn finish(&mut self, d: Done) -> Option<Output> {
         match d {
+            Done::Split(generation, split, r) => self.split_done(generation, split, r),
             Done::Chunk(index, r) => {
                 self.dec_busy = false;
                 match r {
@@ -310,6 +407,47 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
                         })
                     }
                 }
+            }
+        }
+    }
+
+    /// A split change finished on the GPU (or failed there).
+    fn split_done(
+        &mut self,
+        generation: u64,
+        split: SmSplit,
+        r: Result<Option<String>>,
+    ) -> Option<Output> {
+        match r {
+            Ok(report) => {
+                match report {
+                    Some(report) => log::info!("GPU {report}"),
+                    None => log::info!(
+                        "(this engine has no SM partitions: the split {split} is recorded only)"
+                    ),
+                }
+                self.applied = split;
+                None
+            }
+            Err(e) => {
+                log::error!("GPU reconfiguration to {split} failed: {e}");
+                let superseded = generation != self.split_generation;
+                if superseded {
+                    // A newer request is on its way; it decides what runs.
+                    return None;
+                }
+                let restored = self.applied;
+                if self.settings.concurrent != restored.concurrent {
+                    self.prefix = None;
+                }
+                self.settings.encoder_pct = restored.encoder_pct;
+                self.settings.decoder_pct = restored.decoder_pct;
+                self.settings.concurrent = restored.concurrent;
+                Some(Output::SplitRefused {
+                    requested: split,
+                    restored,
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -400,9 +538,37 @@ pub fn spawn(
     mpsc::Receiver<Output>,
     tokio::task::JoinHandle<()>,
 ) {
+    run_scheduler(Scheduler::new(runner, settings, now))
+}
+
+/// [`spawn`] with another way to apply split changes (tests inject GPU failures).
+pub fn spawn_with_reconfigure(
+    runner: Arc<PolicyRunner>,
+    settings: NodeSettings,
+    now: impl Fn() -> Stamp + Send + 'static,
+    reconfigure: Reconfigure,
+) -> (
+    mpsc::Sender<Input>,
+    mpsc::Receiver<Output>,
+    tokio::task::JoinHandle<()>,
+) {
+    run_scheduler(Scheduler::with_reconfigure(
+        runner,
+        settings,
+        now,
+        reconfigure,
+    ))
+}
+
+fn run_scheduler<F: Fn() -> Stamp + Send + 'static>(
+    sched: Scheduler<F>,
+) -> (
+    mpsc::Sender<Input>,
+    mpsc::Receiver<Output>,
+    tokio::task::JoinHandle<()>,
+) {
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, out_rx) = mpsc::channel(64);
-    let sched = Scheduler::new(runner, settings, now);
     let task = tokio::spawn(sched.run(in_rx, out_tx));
     (in_tx, out_rx, task)
 }

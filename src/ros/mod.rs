@@ -34,7 +34,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::model::preprocess::RawImage;
 use crate::pipeline::runner::ActionChunk;
 use crate::pipeline::scheduler::{self, Input, Output};
-use crate::pipeline::settings::{NodeSettings, PARAMS};
+use crate::pipeline::settings::{NodeSettings, ParamValue, PARAMS};
 use crate::pipeline::sync::{JointSample, Stamp};
 use crate::pipeline::PolicyRunner;
 
@@ -222,7 +222,7 @@ async fn setup_and_run(
     let (bridge, mut settings_rx) = params::ParamBridge::new(settings.clone());
     let bridge = Arc::new(Mutex::new(bridge));
     let (param_handler, mut param_changes) = node
-        .make_derived_parameter_handler(bridge)
+        .make_derived_parameter_handler(bridge.clone())
         .map_err(|e| err("parameter services", e))?;
     let actions_pub = node
         .create_publisher::<JointTrajectory>(&settings.actions_topic, QosProfile::default())
@@ -233,6 +233,7 @@ async fn setup_and_run(
     let events_pub = node
         .create_publisher::<ParameterEvent>("/parameter_events", QosProfile::parameter_events())
         .map_err(|e| err("/parameter_events publisher", e))?;
+    let split_events_pub = events_pub.clone();
     let mut cameras = Vec::new();
     for topic in &settings.camera_topics {
         cameras.push(
@@ -385,6 +386,7 @@ async fn setup_and_run(
         let now = now.clone();
         let info = runner.info().clone();
         let live = live.clone();
+        let fq = fq_name.to_string();
         tokio::spawn(async move {
             while let Some(o) = out_rx.recv().await {
                 match o {
@@ -422,6 +424,70 @@ async fn setup_and_run(
                                 frame_id: String::new(),
                             },
                             status: vec![status],
+                        });
+                    }
+                    Output::SplitRefused {
+                        requested,
+                        restored,
+                        reason,
+                    } => {
+                        let message = format!(
+                            "SM split {requested} not applied ({reason}); the GPU stays on {restored}"
+                        );
+                        log::error!("{message}");
+                        let put_back = bridge
+                            .lock()
+                            .map(|mut b| b.restore_split(requested, restored))
+                            .unwrap_or(false);
+                        if put_back {
+                            if let Ok(mut l) = live.lock() {
+                                l.encoder_pct = restored.encoder_pct;
+                                l.decoder_pct = restored.decoder_pct;
+                                l.concurrent = restored.concurrent;
+                            }
+                            let changed = [
+                                (
+                                    "encoder_pct",
+                                    ParamValue::Integer(restored.encoder_pct.into()),
+                                ),
+                                (
+                                    "decoder_pct",
+                                    ParamValue::Integer(restored.decoder_pct.into()),
+                                ),
+                                ("concurrent", ParamValue::Bool(restored.concurrent)),
+                            ]
+                            .into_iter()
+                            .map(|(name, v)| ParameterMsg {
+                                name: name.into(),
+                                value: params::to_msg(&v),
+                            })
+                            .collect();
+                            let ev = ParameterEvent {
+                                stamp: to_time(now()),
+                                node: fq.clone(),
+                                changed_parameters: changed,
+                                ..Default::default()
+                            };
+                            if let Err(e) = split_events_pub.publish(&ev) {
+                                log::warn!("cannot publish /parameter_events: {e}");
+                            }
+                        }
+                        let _ = diag_pub.publish(&DiagnosticArray {
+                            header: Header {
+                                stamp: to_time(now()),
+                                frame_id: String::new(),
+                            },
+                            status: vec![DiagnosticStatus {
+                                level: 2,
+                                name: "pi0: SM partition".into(),
+                                message,
+                                hardware_id: info.engine.clone(),
+                                values: vec![
+                                    kv("encoder_pct", restored.encoder_pct),
+                                    kv("decoder_pct", restored.decoder_pct),
+                                    kv("concurrent", restored.concurrent),
+                                ],
+                            }],
                         });
                     }
                     Output::Failed { index, error } => {

@@ -6,6 +6,7 @@ use r2r::indexmap::IndexMap;
 use r2r::{Parameter, ParameterValue, RosParams};
 use tokio::sync::watch;
 
+use crate::pipeline::scheduler::SmSplit;
 use crate::pipeline::settings::{self, NodeSettings, ParamValue, PARAMS};
 
 pub fn from_r2r(v: &ParameterValue) -> Option<ParamValue> {
@@ -74,6 +75,19 @@ impl ParamBridge {
     pub fn new(settings: NodeSettings) -> (Self, watch::Receiver<NodeSettings>) {
         let (tx, rx) = watch::channel(settings.clone());
         (ParamBridge { settings, tx }, rx)
+    }
+
+    /// Puts the split parameters back to what the GPU runs after it could not take
+    /// `requested`; false (nothing changed) when they have moved on since.
+    pub fn restore_split(&mut self, requested: SmSplit, restored: SmSplit) -> bool {
+        if SmSplit::of(&self.settings) != requested {
+            return false;
+        }
+        self.settings.encoder_pct = restored.encoder_pct;
+        self.settings.decoder_pct = restored.decoder_pct;
+        self.settings.concurrent = restored.concurrent;
+        self.tx.send_replace(self.settings.clone());
+        true
     }
 }
 
