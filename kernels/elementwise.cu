@@ -1,9 +1,10 @@
 // Small fused element-wise kernels: image patches, token embedding, GELU-gate, the action
 // input branch, the state token and the fused final-norm + out-proj + Euler update.
 
-// Images [nv][S][S][3] f32 in [-1,1] -> patch rows [nv*T][pd_pad] bf16 ordered (c, ky, kx) like
-// the conv weight (out, 3, p, p); also seeds the residual x with the position embedding.
-extern "C" __global__ void patchify_k(const float* __restrict__ img, bf16_t* __restrict__ patches,
+// Images [nv][S][S][3] bf16 in [-1,1] (rounded on the host while checked) -> patch rows
+// [nv*T][pd_pad] bf16 ordered (c, ky, kx) like the conv weight (out, 3, p, p); also seeds the
+// residual x with the position embedding.
+extern "C" __global__ void patchify_k(const bf16_t* __restrict__ img, bf16_t* __restrict__ patches,
                                       const bf16_t* __restrict__ pos, float* __restrict__ x,
                                       int S, int p, int pd_pad, int W) {
     const int tok = blockIdx.x;
@@ -12,12 +13,12 @@ extern "C" __global__ void patchify_k(const float* __restrict__ img, bf16_t* __r
     const int py = t / side, px = t % side;
     const int pp = p * p, pd = 3 * pp;
     for (int i = threadIdx.x; i < pd_pad; i += blockDim.x) {
-        float val = 0.f;
+        bf16_t val = 0;
         if (i < pd) {
             const int c = i / pp, r = i % pp, ky = r / p, kx = r % p;
             val = img[(((size_t)v * S + py * p + ky) * S + px * p + kx) * 3 + c];
         }
-        patches[(size_t)tok * pd_pad + i] = f2b(val);
+        patches[(size_t)tok * pd_pad + i] = val;
     }
     for (int i = threadIdx.x; i < W; i += blockDim.x) x[(size_t)tok * W + i] = b2f(pos[(size_t)t * W + i]);
 }

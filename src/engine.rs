@@ -110,10 +110,17 @@ pub fn all_finite(v: &[f32]) -> bool {
     bad == 0
 }
 
-/// Copies `src` into `dst` (same length) and says whether every value was finite: one pass
-/// over an image instead of a scan and a copy.
-pub fn copy_finite(src: &[f32], dst: &mut [f32]) -> bool {
-    assert_eq!(src.len(), dst.len(), "copy_finite: lengths differ");
+/// bf16 bits of a finite `x`, rounded to nearest even: what the GPU kernels' `f2b` gives.
+fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// Rounds `src` to bf16 into `dst` (same length) and says whether every value was finite: one
+/// pass over an image instead of a scan and a copy, and half the bytes to send to the GPU
+/// (whose first use of an image value is this same rounding).
+pub fn copy_finite_bf16(src: &[f32], dst: &mut [u16]) -> bool {
+    assert_eq!(src.len(), dst.len(), "copy_finite_bf16: lengths differ");
     let mut bad = 0u32;
     let mut d = dst.chunks_exact_mut(SCAN_LANES);
     let mut s = src.chunks_exact(SCAN_LANES);
@@ -121,13 +128,13 @@ pub fn copy_finite(src: &[f32], dst: &mut [f32]) -> bool {
         let mut m = 0u32;
         for (o, &x) in dc.iter_mut().zip(sc) {
             m |= non_finite_bits(x);
-            *o = x;
+            *o = bf16_bits(x);
         }
         bad |= m;
     }
     for (o, &x) in d.into_remainder().iter_mut().zip(s.remainder()) {
         bad |= non_finite_bits(x);
-        *o = x;
+        *o = bf16_bits(x);
     }
     bad == 0
 }
@@ -171,20 +178,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bf16_staging_rounds_to_nearest_even_like_the_gpu() {
+        // Ties go to even, both ways; random values agree with the half crate (RNE).
+        let tie_down = f32::from_bits(0x3f80_8000); // 1 + 2^-8: tie, even neighbour below
+        let tie_up = f32::from_bits(0x3f81_8000); // tie, even neighbour above
+        let mut out = [0u16; 4];
+        assert!(copy_finite_bf16(
+            &[tie_down, tie_up, -tie_up, f32::MIN_POSITIVE / 3.0],
+            &mut out
+        ));
+        assert_eq!(out[..3], [0x3f80, 0x3f82, 0xbf82]);
+        assert_eq!(
+            out[3],
+            half::bf16::from_f32(f32::MIN_POSITIVE / 3.0).to_bits()
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let v: Vec<f32> = (0..4099).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let mut out = vec![0u16; v.len()];
+        assert!(copy_finite_bf16(&v, &mut out));
+        for (x, b) in v.iter().zip(&out) {
+            assert_eq!(*b, half::bf16::from_f32(*x).to_bits(), "{x}");
+        }
+    }
+
+    #[test]
     fn finite_scans_find_every_bad_value_anywhere() {
         // 200 values: three full 64-lane blocks and a remainder of 8.
         let clean: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 1e-3).collect();
         assert!(all_finite(&clean));
-        let mut out = vec![0f32; clean.len()];
-        assert!(copy_finite(&clean, &mut out));
-        assert_eq!(out, clean);
+        let mut out = vec![0u16; clean.len()];
+        assert!(copy_finite_bf16(&clean, &mut out));
+        let want: Vec<u16> = clean
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect();
+        assert_eq!(out, want);
         for pos in [0, 63, 64, 130, 191, 192, 199] {
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let mut v = clean.clone();
                 v[pos] = bad;
                 assert!(!all_finite(&v), "{bad} at {pos}");
-                let mut out = vec![0f32; v.len()];
-                assert!(!copy_finite(&v, &mut out), "{bad} at {pos}");
+                let mut out = vec![0u16; v.len()];
+                assert!(!copy_finite_bf16(&v, &mut out), "{bad} at {pos}");
             }
         }
         // The largest finite values and subnormals are finite.

@@ -458,7 +458,8 @@ impl Pi0Cuda {
         let (wv, fv) = (v.width, v.mlp_dim);
         let (wl, fl) = (cfg.llm.width, cfg.llm.mlp_dim);
         let (we, fe) = (cfg.expert.width, cfg.expert.mlp_dim);
-        let img_bytes = max_views * v.image_size * v.image_size * 3 * 4;
+        // Images are staged and sent as bf16 (rounded on the host, see `upload_observation`).
+        let img_bytes = max_views * v.image_size * v.image_size * 3 * 2;
         let mut pslots = Vec::new();
         for _ in 0..opts.prefix_slots {
             let ws = DBuf::new(WORKSPACE)?;
@@ -678,22 +679,22 @@ impl Pi0Cuda {
             // keeps its view and token counts, and the views already copied are never encoded
             // (an encode always follows a complete upload).
             for (i, (slot_index, v)) in views.iter().enumerate() {
-                let dst = std::slice::from_raw_parts_mut(base.add(i * px * 4) as *mut f32, px);
-                if !crate::engine::copy_finite(v, dst) {
+                let dst = std::slice::from_raw_parts_mut(base.add(i * px * 2) as *mut u16, px);
+                if !crate::engine::copy_finite_bf16(v, dst) {
                     // Views already sent still read the staging buffer: fence them.
                     p.staged.record(s)?;
                     return Err(crate::engine::non_finite_view(*slot_index));
                 }
                 htod_async(
-                    p.img.ptr + (i * px * 4) as u64,
-                    base.add(i * px * 4),
-                    px * 4,
+                    p.img.ptr + (i * px * 2) as u64,
+                    base.add(i * px * 2),
+                    px * 2,
                     s,
                 )?;
             }
             let toff = self.d.max_views
                 * px.max(self.cfg.vision.image_size * self.cfg.vision.image_size * 3)
-                * 4;
+                * 2;
             let tok: Vec<i32> = input.tokens.iter().map(|&t| t as i32).collect();
             std::ptr::copy_nonoverlapping(tok.as_ptr() as *const u8, base.add(toff), tok.len() * 4);
             if !tok.is_empty() {
