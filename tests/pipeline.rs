@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pi0_mps::pipeline::runner::{builtin_checkpoint, OwnedImage};
+use pi0_mps::pipeline::runner::{builtin_checkpoint, ModelImage, OwnedImage};
 use pi0_mps::pipeline::scheduler::{self, Input, Output};
 use pi0_mps::pipeline::settings::{BackendChoice, NodeSettings};
 use pi0_mps::pipeline::{JointSample, PolicyRunner};
@@ -128,6 +128,27 @@ async fn next_chunk(
     match tokio::time::timeout(Duration::from_secs(120), out.recv()).await {
         Ok(Some(Output::Chunk(c))) => c,
         other => panic!("expected a chunk, got {other:?}"),
+    }
+}
+
+/// A joint state and the same frame on both cameras, all stamped `stamp`.
+async fn send_observation(
+    tx: &tokio::sync::mpsc::Sender<Input>,
+    stamp: i64,
+    positions: Vec<f64>,
+    image: &Arc<ModelImage>,
+) {
+    tx.send(Input::Joints(JointSample { stamp, positions }))
+        .await
+        .unwrap();
+    for camera in 0..2 {
+        tx.send(Input::Frame {
+            camera,
+            stamp,
+            image: image.clone(),
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -294,21 +315,7 @@ async fn scheduler_takes_back_a_split_the_gpu_refused() {
     // Inference goes on.
     let i0 = image(6, 64, 48, "rgb8");
     let v0 = Arc::new(r.prepare_image(&i0.as_raw()).unwrap());
-    tx.send(Input::Joints(JointSample {
-        stamp: T + 100,
-        positions: vec![0.1; 7],
-    }))
-    .await
-    .unwrap();
-    for camera in 0..2 {
-        tx.send(Input::Frame {
-            camera,
-            stamp: T + 100,
-            image: v0.clone(),
-        })
-        .await
-        .unwrap();
-    }
+    send_observation(&tx, T + 100, vec![0.1; 7], &v0).await;
     let c = next_chunk(&mut out).await;
     assert!(c.points.iter().flatten().all(|x| x.is_finite()));
     tx.send(Input::Shutdown).await.unwrap();
@@ -378,21 +385,7 @@ async fn timer_trigger_decodes_at_control_rate() {
     s.control_rate_hz = 20.0;
     let img = Arc::new(r.prepare_image(&image(8, 32, 32, "rgb8").as_raw()).unwrap());
     let (tx, mut out, task) = scheduler::spawn(r.clone(), s, || NOW);
-    tx.send(Input::Joints(JointSample {
-        stamp: T,
-        positions: vec![0.0; 7],
-    }))
-    .await
-    .unwrap();
-    for camera in 0..2 {
-        tx.send(Input::Frame {
-            camera,
-            stamp: T,
-            image: img.clone(),
-        })
-        .await
-        .unwrap();
-    }
+    send_observation(&tx, T, vec![0.0; 7], &img).await;
     let mut indices = Vec::new();
     for _ in 0..3 {
         let c = next_chunk(&mut out).await;

@@ -82,6 +82,13 @@ impl SmSplit {
             concurrent: s.concurrent,
         }
     }
+
+    /// Sets the split's three fields of `s`.
+    pub fn write_to(self, s: &mut NodeSettings) {
+        s.encoder_pct = self.encoder_pct;
+        s.decoder_pct = self.decoder_pct;
+        s.concurrent = self.concurrent;
+    }
 }
 
 impl std::fmt::Display for SmSplit {
@@ -363,10 +370,8 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
             }
         }
         // Only live fields change; the rest was fixed at start.
-        self.settings.concurrent = s.concurrent;
+        split.write_to(&mut self.settings);
         self.settings.prompt = s.prompt;
-        self.settings.encoder_pct = s.encoder_pct;
-        self.settings.decoder_pct = s.decoder_pct;
     }
 
     fn finish(&mut self, d: Done) -> Option<Output> {
@@ -440,9 +445,7 @@ impl<F: Fn() -> Stamp> Scheduler<F> {
                 if self.settings.concurrent != restored.concurrent {
                     self.prefix = None;
                 }
-                self.settings.encoder_pct = restored.encoder_pct;
-                self.settings.decoder_pct = restored.decoder_pct;
-                self.settings.concurrent = restored.concurrent;
+                restored.write_to(&mut self.settings);
                 Some(Output::SplitRefused {
                     requested: split,
                     restored,

@@ -124,6 +124,33 @@ pub fn trajectory_msg(c: &ActionChunk) -> JointTrajectory {
     }
 }
 
+/// A `/parameter_events` message saying that `changed` changed.
+fn changed_event(stamp: Stamp, node: &str, changed: &[(&str, ParamValue)]) -> ParameterEvent {
+    ParameterEvent {
+        stamp: to_time(stamp),
+        node: node.into(),
+        changed_parameters: changed
+            .iter()
+            .map(|(name, v)| ParameterMsg {
+                name: (*name).into(),
+                value: params::to_msg(v),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// One status as a `/diagnostics` message.
+fn diagnostics(stamp: Stamp, status: DiagnosticStatus) -> DiagnosticArray {
+    DiagnosticArray {
+        header: Header {
+            stamp: to_time(stamp),
+            frame_id: String::new(),
+        },
+        status: vec![status],
+    }
+}
+
 fn kv(key: &str, value: impl ToString) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -286,15 +313,7 @@ async fn setup_and_run(
                 let Some(value) = params::from_r2r(&value) else {
                     continue;
                 };
-                let ev = ParameterEvent {
-                    stamp: to_time(now()),
-                    node: fq.clone(),
-                    changed_parameters: vec![ParameterMsg {
-                        name,
-                        value: params::to_msg(&value),
-                    }],
-                    ..Default::default()
-                };
+                let ev = changed_event(now(), &fq, &[(&name, value)]);
                 if let Err(e) = events_pub.publish(&ev) {
                     log::warn!("cannot publish /parameter_events: {e}");
                 }
@@ -418,13 +437,7 @@ async fn setup_and_run(
                                 kv("random_weights", info.random_weights),
                             ],
                         };
-                        let _ = diag_pub.publish(&DiagnosticArray {
-                            header: Header {
-                                stamp: to_time(c.stamp),
-                                frame_id: String::new(),
-                            },
-                            status: vec![status],
-                        });
+                        let _ = diag_pub.publish(&diagnostics(c.stamp, status));
                     }
                     Output::SplitRefused {
                         requested,
@@ -440,71 +453,50 @@ async fn setup_and_run(
                             .map(|mut b| b.restore_split(requested, restored))
                             .unwrap_or(false);
                         if put_back {
-                            if let Ok(mut l) = live.lock() {
-                                l.encoder_pct = restored.encoder_pct;
-                                l.decoder_pct = restored.decoder_pct;
-                                l.concurrent = restored.concurrent;
-                            }
-                            let changed = [
-                                (
-                                    "encoder_pct",
-                                    ParamValue::Integer(restored.encoder_pct.into()),
-                                ),
-                                (
-                                    "decoder_pct",
-                                    ParamValue::Integer(restored.decoder_pct.into()),
-                                ),
-                                ("concurrent", ParamValue::Bool(restored.concurrent)),
-                            ]
-                            .into_iter()
-                            .map(|(name, v)| ParameterMsg {
-                                name: name.into(),
-                                value: params::to_msg(&v),
-                            })
-                            .collect();
-                            let ev = ParameterEvent {
-                                stamp: to_time(now()),
-                                node: fq.clone(),
-                                changed_parameters: changed,
-                                ..Default::default()
-                            };
+                            // The restored parameters also reach `live` and the scheduler
+                            // through the settings watch (restore_split sends them).
+                            let ev = changed_event(
+                                now(),
+                                &fq,
+                                &[
+                                    (
+                                        "encoder_pct",
+                                        ParamValue::Integer(restored.encoder_pct.into()),
+                                    ),
+                                    (
+                                        "decoder_pct",
+                                        ParamValue::Integer(restored.decoder_pct.into()),
+                                    ),
+                                    ("concurrent", ParamValue::Bool(restored.concurrent)),
+                                ],
+                            );
                             if let Err(e) = split_events_pub.publish(&ev) {
                                 log::warn!("cannot publish /parameter_events: {e}");
                             }
                         }
-                        let _ = diag_pub.publish(&DiagnosticArray {
-                            header: Header {
-                                stamp: to_time(now()),
-                                frame_id: String::new(),
-                            },
-                            status: vec![DiagnosticStatus {
-                                level: 2,
-                                name: "pi0: SM partition".into(),
-                                message,
-                                hardware_id: info.engine.clone(),
-                                values: vec![
-                                    kv("encoder_pct", restored.encoder_pct),
-                                    kv("decoder_pct", restored.decoder_pct),
-                                    kv("concurrent", restored.concurrent),
-                                ],
-                            }],
-                        });
+                        let status = DiagnosticStatus {
+                            level: 2,
+                            name: "pi0: SM partition".into(),
+                            message,
+                            hardware_id: info.engine.clone(),
+                            values: vec![
+                                kv("encoder_pct", restored.encoder_pct),
+                                kv("decoder_pct", restored.decoder_pct),
+                                kv("concurrent", restored.concurrent),
+                            ],
+                        };
+                        let _ = diag_pub.publish(&diagnostics(now(), status));
                     }
                     Output::Failed { index, error } => {
                         log::warn!("inference {index:?} failed: {error}");
-                        let _ = diag_pub.publish(&DiagnosticArray {
-                            header: Header {
-                                stamp: to_time(now()),
-                                frame_id: String::new(),
-                            },
-                            status: vec![DiagnosticStatus {
-                                level: 1,
-                                name: "pi0: inference".into(),
-                                message: error,
-                                hardware_id: info.engine.clone(),
-                                values: vec![kv("index", format!("{index:?}"))],
-                            }],
-                        });
+                        let status = DiagnosticStatus {
+                            level: 1,
+                            name: "pi0: inference".into(),
+                            message: error,
+                            hardware_id: info.engine.clone(),
+                            values: vec![kv("index", format!("{index:?}"))],
+                        };
+                        let _ = diag_pub.publish(&diagnostics(now(), status));
                     }
                 }
             }

@@ -83,9 +83,7 @@ impl ParamBridge {
         if SmSplit::of(&self.settings) != requested {
             return false;
         }
-        self.settings.encoder_pct = restored.encoder_pct;
-        self.settings.decoder_pct = restored.decoder_pct;
-        self.settings.concurrent = restored.concurrent;
+        restored.write_to(&mut self.settings);
         self.tx.send_replace(self.settings.clone());
         true
     }
