@@ -50,6 +50,61 @@ struct Args {
     /// The fused attention kernel for the LLM and the action expert too (not only vision).
     #[arg(long)]
     fused_gemma_attention: bool,
+    /// Study: for each GEMM shape "m,n,k;..." run each cuBLASLt heuristic candidate in the
+    /// captured graphs (PI0_LT_PICK set in-process) and print encoder / decoder medians.
+    #[arg(long)]
+    lt_sweep: Option<String>,
+    /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
+    #[arg(long, default_value_t = 16)]
+    lt_candidates: usize,
+}
+
+/// --lt-sweep: encoder and decoder GPU medians of `forward` with candidate i of each shape.
+fn lt_sweep(
+    eng: &mut Pi0Cuda,
+    shapes: &str,
+    candidates: usize,
+    input: &ModelInput,
+    noise: &[f32],
+) -> pi0_mps::Result<()> {
+    // SAFETY (edition 2021 set_var): the benchmark is single-threaded here.
+    std::env::set_var("PI0_LT_CANDS", candidates.to_string());
+    let reference = eng.forward(input, noise)?;
+    println!("\n| shape | candidate | encoder ms | decoder ms | rel diff vs default |");
+    println!("|---|---|---|---|---|");
+    for shape in shapes.split(';') {
+        for i in 0..candidates {
+            std::env::set_var("PI0_LT_PICK", format!("{shape}:{i}"));
+            eng.replan_gemms()?;
+            let mut out = Vec::new();
+            for _ in 0..4 {
+                out = eng.forward(input, noise)?;
+            }
+            let (mut enc, mut dec) = (Vec::new(), Vec::new());
+            for _ in 0..30 {
+                let (_, t) = eng.forward_timed(input, noise)?;
+                enc.push(t.encoder_ms as f64);
+                dec.push(t.decoder_ms as f64);
+            }
+            enc.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            dec.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let num: f64 = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
+            println!(
+                "| {shape} | {i} | {:.3} | {:.3} | {:.2e} |",
+                pct(&enc, 0.5),
+                pct(&dec, 0.5),
+                (num / den).sqrt()
+            );
+        }
+    }
+    std::env::remove_var("PI0_LT_PICK");
+    std::env::remove_var("PI0_LT_CANDS");
+    eng.replan_gemms()
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -190,6 +245,9 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         } else {
             None
         };
+        if let Some(shapes) = &args.lt_sweep {
+            lt_sweep(&mut eng, shapes, args.lt_candidates, &input, &noise)?;
+        }
         rows.push((
             views,
             prompt,

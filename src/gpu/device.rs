@@ -234,6 +234,7 @@ kernels! {
     Wgemm8S3 = "wgemm_t8_s3_k",
     Wgemm10S3 = "wgemm_t10_s3_k",
     RopePart = "rope_part_k",
+    RopeRows = "rope_rows_k",
     ResidRms = "resid_rms_k",
     GeluPart = "gelu_part_k",
     Flash16 = "flash_hd16_k",

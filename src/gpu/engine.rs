@@ -1142,9 +1142,17 @@ impl Pi0Cuda {
     ) -> Result<()> {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let first = (at.first_row * hd) as u64 * 2;
+        // Many rows (the prefix): rope_rows_k, one thread per 4 rotated pairs of q/k or 4
+        // values of v. Few rows (the suffix): rope_part_k, a block per (row, head).
+        let (kernel, grid) = if rows >= 128 {
+            let units = (hh + 1) * hd / 8 + hd / 4;
+            (K::RopeRows, (rows as u32, units.div_ceil(128) as u32, 1))
+        } else {
+            (K::RopePart, (rows as u32, (hh + 2) as u32, 1))
+        };
         self.kernels.launch_ex(
-            K::RopePart,
-            (rows as u32, (hh + 2) as u32, 1),
+            kernel,
+            grid,
             128,
             0,
             s,
@@ -1526,6 +1534,21 @@ impl Pi0Cuda {
             (0, 0, 0, views, tokens),
             (1, 0, 0, self.prefix_len(0), self.chunk(0)),
         )
+    }
+
+    /// Drops every cuBLASLt plan and captured graph: the next call of each shape plans and
+    /// captures again. For benchmarks that compare GEMM algorithms in one process
+    /// (`PI0_LT_PICK` changed between calls); results may change with the algorithm.
+    pub fn replan_gemms(&self) -> Result<()> {
+        drv(self.ctx.synchronize(), "synchronize")?;
+        self.graphs.lock().unwrap().clear();
+        for p in &self.pslots {
+            p.lt.lock().unwrap().clear();
+        }
+        for d in &self.dslots {
+            d.lt.lock().unwrap().clear();
+        }
+        Ok(())
     }
 
     /// The fastest path: encoder and decoder as CUDA graphs on the engine's stream, whole GPU.

@@ -57,8 +57,15 @@ pub(super) fn smem_bytes(hd: usize) -> usize {
     (BLOCK_ROWS + 4 * BLOCK_KEYS) * (hd + 8) * 2
 }
 
-/// Key splits (cluster size) for `tiles` row tiles over `keys` keys.
+/// Key splits (cluster size) for `tiles` row tiles over `keys` keys. None once the row tiles
+/// alone fill a quarter of the CTA target: on the H100 the vision tower ran faster unsplit,
+/// 2 views (128 tiles) by 0.17 ms per forward against clusters of 2 and 1 view (64 tiles) by
+/// 0.19 ms against clusters of 3 (docs/gpu-notes.md v20): the cluster merge costs more than
+/// the parallelism gives once most SMs have a tile.
 pub(super) fn splits(tiles: usize, keys: usize, fa: &FusedAttention) -> usize {
+    if 4 * tiles > fa.target_ctas {
+        return 1;
+    }
     let blocks = keys.div_ceil(BLOCK_KEYS).max(1);
     fa.target_ctas
         .div_ceil(tiles.max(1))
@@ -181,10 +188,13 @@ mod tests {
         };
         // Decoder: 51 tokens x 8 heads = 7 tiles over 584 keys (10 blocks).
         assert_eq!(splits(7, 584, &fa), 8);
-        // LLM prefix: 532 x 8 = 67 tiles.
-        assert_eq!(splits(67, 532, &fa), 2);
+        // LLM prefix: 532 x 8 = 67 tiles, more than half the target: unsplit.
+        assert_eq!(splits(67, 532, &fa), 1);
+        assert_eq!(splits(30, 532, &fa), 5);
         // Vision: 2 views x 16 heads x 4 tiles.
-        assert_eq!(splits(128, 256, &fa), 2);
+        assert_eq!(splits(128, 256, &fa), 1);
+        // One view: 64 tiles, unsplit too.
+        assert_eq!(splits(64, 256, &fa), 1);
         assert_eq!(splits(200, 256, &fa), 1);
         // Never more splits than key blocks.
         assert_eq!(splits(1, 100, &fa), 2);

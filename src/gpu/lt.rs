@@ -248,6 +248,12 @@ impl LtCache {
         }
     }
 
+    /// Forgets every plan, so the next GEMM of each shape asks the heuristic again (benchmarks
+    /// that change `PI0_LT_PICK` in-process).
+    pub fn clear(&mut self) {
+        self.plans.clear();
+    }
+
     fn plan(&mut self, h: &LtHandle, key: Key) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let p = make_plan(h, &key, self.workspace_bytes)?;
@@ -671,7 +677,13 @@ fn heuristic(
                 "pref align",
             )?;
         }
-        let mut res: [ls::cublasLtMatmulHeuristicResult_t; 8] = std::mem::zeroed();
+        // PI0_LT_CANDS: how many candidates to ask for (benchmarks sweeping PI0_LT_PICK).
+        let want = std::env::var("PI0_LT_CANDS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(8)
+            .clamp(1, 128);
+        let mut res: Vec<ls::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); want];
         let mut count = 0i32;
         let r = ls::cublasLtMatmulAlgoGetHeuristic(
             h.0,
@@ -681,7 +693,7 @@ fn heuristic(
             ld,
             ld,
             pref,
-            8,
+            want as i32,
             res.as_mut_ptr(),
             &mut count,
         );
