@@ -67,7 +67,7 @@ fn lt_sweep(
     input: &ModelInput,
     noise: &[f32],
 ) -> pi0_mps::Result<()> {
-    // SAFETY (edition 2021 set_var): the benchmark is single-threaded here.
+    // The engine reads these when it plans a GEMM; no other thread reads the environment here.
     std::env::set_var("PI0_LT_CANDS", candidates.to_string());
     let reference = eng.forward(input, noise)?;
     println!("\n| shape | candidate | encoder ms | decoder ms | rel diff vs default |");
