@@ -73,6 +73,23 @@ impl DBuf {
         b.upload(data)?;
         Ok(b)
     }
+    /// The first `n` elements, copied back synchronously (GPU tests).
+    #[cfg(test)]
+    pub fn download<T: Copy + Default>(&self, n: usize) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); n];
+        if std::mem::size_of_val(out.as_slice()) > self.bytes {
+            return Err(Error::Gpu(format!(
+                "download of {n} elements from {} bytes",
+                self.bytes
+            )));
+        }
+        // SAFETY: size checked above; synchronous copy into host memory.
+        drv(
+            unsafe { dr::memcpy_dtoh_sync(&mut out, self.ptr) },
+            "cuMemcpyDtoH",
+        )?;
+        Ok(out)
+    }
     pub fn upload<T: Copy>(&self, data: &[T]) -> Result<()> {
         let n = std::mem::size_of_val(data);
         if n > self.bytes {

@@ -1694,10 +1694,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn download_bf16(b: &DBuf, n: usize) -> Vec<f64> {
-        let mut out = vec![0u16; n];
-        // SAFETY: b holds at least n u16; synchronous copy.
-        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, b.ptr) }.unwrap();
-        out.iter()
+        b.download::<u16>(n)
+            .unwrap()
+            .iter()
             .map(|&x| half::bf16::from_bits(x).to_f64())
             .collect()
     }

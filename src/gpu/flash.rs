@@ -223,13 +223,6 @@ mod tests {
         half::bf16::from_f32(x).to_f32()
     }
 
-    fn download_u16(b: &DBuf, n: usize) -> Vec<u16> {
-        let mut out = vec![0u16; n];
-        // SAFETY: b holds at least n u16; synchronous copy.
-        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, b.ptr) }.unwrap();
-        out
-    }
-
     /// Runs `c` on the GPU twice and checks it against an f64 softmax attention over the same
     /// bf16 inputs: relative L2 error, no NaN, identical reruns. K/V rows past `keys` hold NaN,
     /// which masking must never let through.
@@ -281,7 +274,7 @@ mod tests {
             launch(kernels, stream, &fa, false, &problem).unwrap();
             // SAFETY: plain stream synchronisation.
             cu(unsafe { sys::cuStreamSynchronize(stream) }, "sync").unwrap();
-            runs.push(download_u16(&dout, out_len));
+            runs.push(dout.download::<u16>(out_len).unwrap());
         }
         assert_eq!(runs[0], runs[1], "{}: reruns differ", c.name);
         let got: Vec<f64> = runs[0]

@@ -754,10 +754,7 @@ mod tests {
                     .matmul(&h, s, g, dx.ptr, dw.ptr, dy.ptr, 0, 1.0)
                     .unwrap();
                 stream.synchronize().unwrap();
-                let mut y = vec![0f32; m * n];
-                // SAFETY: synchronous copy of m * n floats out of a buffer of that size.
-                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut y, dy.ptr) }.unwrap();
-                outs.push(y);
+                outs.push(dy.download::<f32>(m * n).unwrap());
             }
             for (i, y) in outs.iter().enumerate().skip(1) {
                 assert!(

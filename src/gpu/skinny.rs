@@ -349,11 +349,9 @@ mod tests {
                 (rows, n, k),
             );
             assert_eq!(got.unwrap(), splits);
-            // SAFETY: plain stream synchronisation, then a synchronous copy of `len` floats.
+            // SAFETY: plain stream synchronisation.
             cu(unsafe { sys::cuStreamSynchronize(s) }, "sync").unwrap();
-            let mut out = vec![0f32; len];
-            unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, part.ptr) }.unwrap();
-            runs.push(out);
+            runs.push(part.download::<f32>(len).unwrap());
         }
         assert!(runs[0] == runs[1], "{rows}x{n}x{k}: reruns differ");
         let shallow = fit_partition(deep, rows, small, sm_smem);
