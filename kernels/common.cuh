@@ -17,6 +17,13 @@ DEV bf16_t f2b(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// fp16 (IEEE half) rounded to nearest-even, saturated to +-65504 (never Inf); NaN stays NaN.
+DEV unsigned short f2h(float f) {
+    unsigned short h;
+    asm("cvt.rn.satfinite.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
 DEV float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

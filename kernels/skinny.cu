@@ -49,6 +49,23 @@ DEV void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Same with fp16 operands (the norm-fed GEMMs of the expert, see src/gpu/skinny.rs `Operands`).
+DEV void mma_f16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <bool F16>
+DEV void mma_16x8x16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (F16)
+        mma_f16(c, a0, a1, a2, a3, b0, b1);
+    else
+        mma_bf16(c, a0, a1, a2, a3, b0, b1);
+}
+
 // Programmatic dependent launch: wait for the previous kernel's results / let the next kernel
 // start its prologue. Both are no-ops when the launch did not ask for it.
 #if __CUDA_ARCH__ >= 900
@@ -140,8 +157,9 @@ DEV void wg_load_x(u32 sx, const bf16_t* __restrict__ X, int ldx, int rows, int 
     }
 }
 
-// NTP: token tiles of 8 (even), rows <= 8 * NTP; ST: ring stages.
-template <int NTP, int ST>
+// NTP: token tiles of 8 (even), rows <= 8 * NTP; ST: ring stages; F16: X and W are fp16
+// (else bf16).
+template <int NTP, int ST, bool F16>
 DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,
                     float* __restrict__ part, int N, int rows, int kps, int evict_first) {
     extern __shared__ __align__(128) unsigned char wg_smem[];
@@ -212,8 +230,8 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
                 ldsm_x4(swz(sx, r, kc + (mi & 1)), b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
-                    mma_bf16(acc[mt][2 * p], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b0, b1);
-                    mma_bf16(acc[mt][2 * p + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b2, b3);
+                    mma_16x8x16<F16>(acc[mt][2 * p], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b0, b1);
+                    mma_16x8x16<F16>(acc[mt][2 * p + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b2, b3);
                 }
             }
         }
@@ -241,22 +259,32 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
     }
 }
 
-#define WGEMM(NTP, ST, NAME)                                                                   \
+#define WGEMM(NTP, ST, F16, NAME)                                                              \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,            \
         float* __restrict__ part, int N, int rows, int kps, int evict_first) {                 \
-        wgemm_body<NTP, ST>(X, ldx, W, K, part, N, rows, kps, evict_first);                    \
+        wgemm_body<NTP, ST, F16>(X, ldx, W, K, part, N, rows, kps, evict_first);               \
     }
-WGEMM(2, 4, wgemm_t2_k)
-WGEMM(4, 4, wgemm_t4_k)
-WGEMM(6, 4, wgemm_t6_k)
-WGEMM(8, 4, wgemm_t8_k)
-WGEMM(10, 4, wgemm_t10_k)
-WGEMM(2, 3, wgemm_t2_s3_k)
-WGEMM(4, 3, wgemm_t4_s3_k)
-WGEMM(6, 3, wgemm_t6_s3_k)
-WGEMM(8, 3, wgemm_t8_s3_k)
-WGEMM(10, 3, wgemm_t10_s3_k)
+WGEMM(2, 4, false, wgemm_t2_k)
+WGEMM(4, 4, false, wgemm_t4_k)
+WGEMM(6, 4, false, wgemm_t6_k)
+WGEMM(8, 4, false, wgemm_t8_k)
+WGEMM(10, 4, false, wgemm_t10_k)
+WGEMM(2, 3, false, wgemm_t2_s3_k)
+WGEMM(4, 3, false, wgemm_t4_s3_k)
+WGEMM(6, 3, false, wgemm_t6_s3_k)
+WGEMM(8, 3, false, wgemm_t8_s3_k)
+WGEMM(10, 3, false, wgemm_t10_s3_k)
+WGEMM(2, 4, true, wgemm_h_t2_k)
+WGEMM(4, 4, true, wgemm_h_t4_k)
+WGEMM(6, 4, true, wgemm_h_t6_k)
+WGEMM(8, 4, true, wgemm_h_t8_k)
+WGEMM(10, 4, true, wgemm_h_t10_k)
+WGEMM(2, 3, true, wgemm_h_t2_s3_k)
+WGEMM(4, 3, true, wgemm_h_t4_s3_k)
+WGEMM(6, 3, true, wgemm_h_t6_s3_k)
+WGEMM(8, 3, true, wgemm_h_t8_s3_k)
+WGEMM(10, 3, true, wgemm_h_t10_s3_k)
 
 // Sum of the split-K partials of element i of row m (row length n, `splits` splits).
 DEV float part_sum(const float* __restrict__ part, int splits, int rows, int n, int m, int i) {
@@ -341,10 +369,12 @@ extern "C" __global__ void rope_rows_k(const float* __restrict__ part, int split
 }
 
 // Residual + RMSNorm of one token row per block (width / 4 threads): x += sum of the
-// partials (splits may be 0); then, when y is given, y = x * rsqrt(mean(x^2) + eps) * scale.
+// partials (splits may be 0); then, when y is given, y = x * rsqrt(mean(x^2) + eps) * scale,
+// stored as bf16, or as fp16 when y_f16 (for fp16 GEMMs: 8x less rounding; |y| <=
+// sqrt(width) * max|scale|, which the host checked is within fp16's range).
 extern "C" __global__ void resid_rms_k(float* __restrict__ x, const float* __restrict__ part,
                                        int splits, int rows, int width, bf16_t* __restrict__ y,
-                                       const float* __restrict__ scale, float eps) {
+                                       const float* __restrict__ scale, float eps, int y_f16) {
     __shared__ float red[32];
     pdl_wait();
     pdl_trigger();
@@ -368,7 +398,15 @@ extern "C" __global__ void resid_rms_k(float* __restrict__ x, const float* __res
     const float r = rsqrtf(s / (float)width + eps);
     if (i < width) {
         const float4 g = *(const float4*)(scale + i);
-        store4(y + (size_t)m * width + i, v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+        const float a = v.x * r * g.x, b = v.y * r * g.y, c = v.z * r * g.z, d = v.w * r * g.w;
+        if (y_f16) {
+            uint2 u;
+            u.x = (u32)f2h(a) | ((u32)f2h(b) << 16);
+            u.y = (u32)f2h(c) | ((u32)f2h(d) << 16);
+            *(uint2*)(y + (size_t)m * width + i) = u;
+        } else {
+            store4(y + (size_t)m * width + i, a, b, c, d);
+        }
     }
 }
 

@@ -502,7 +502,10 @@ impl Pi0Cuda {
         if fused.is_some() {
             flash::prepare(&kernels, &[v.head_dim, hd], ctx.cu_device())?;
         }
-        let w = Weights::load(cfg, src, streaming)?;
+        // PI0_EXPERT_F16=0: bf16 everywhere (a comparison knob).
+        let expert_f16 =
+            opts.expert_f16 && std::env::var("PI0_EXPERT_F16").map_or(true, |v| v != "0");
+        let w = Weights::load(cfg, src, streaming, expert_f16)?;
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
         if smem_row > 48 * 1024 {
             kernels.set_max_smem(K::OutEuler, smem_row, ctx.cu_device())?;
@@ -1118,8 +1121,18 @@ impl Pi0Cuda {
         let handle = self.lt_handle()?;
         let h = &*handle;
         let eps = g.rms_norm_eps;
-        let rms =
-            |scale: u64| self.resid_rms(s, false, b.x, (0, 0), rows, w, Some((b.xn, scale)), eps);
+        let rms = |scale: u64| {
+            self.resid_rms(
+                s,
+                false,
+                b.x,
+                (0, 0),
+                rows,
+                w,
+                Some((b.xn, scale, false)),
+                eps,
+            )
+        };
         rms(l.pre.ptr)?;
         // q|k|v in fp32 so that RoPE rounds to bf16 once (the weight-streaming decoder does the
         // same from its fp32 partials).
@@ -1150,7 +1163,7 @@ impl Pi0Cuda {
 
     /// Residual + RMSNorm on `rows` rows of the fp32 stream `x` (resid_rms_k, one block per
     /// row): x += the `add` = (pointer, splits) fp32 partial sums (0 splits: nothing to add);
-    /// then, with `norm` = (y, scale), y = RMSNorm(x)·scale in bf16.
+    /// then, with `norm` = (y, scale, fp16), y = RMSNorm(x)·scale in bf16 (fp16 when asked).
     #[allow(clippy::too_many_arguments)]
     fn resid_rms(
         &self,
@@ -1160,10 +1173,10 @@ impl Pi0Cuda {
         add: (u64, usize),
         rows: usize,
         width: usize,
-        norm: Option<(u64, u64)>,
+        norm: Option<(u64, u64, bool)>,
         eps: f32,
     ) -> Result<()> {
-        let (y, scale) = norm.unwrap_or((0, 0));
+        let (y, scale, y_f16) = norm.unwrap_or((0, 0, false));
         self.kernels.launch_ex(
             K::ResidRms,
             (rows as u32, 1, 1),
@@ -1179,6 +1192,7 @@ impl Pi0Cuda {
                 A::P(y),
                 A::P(scale),
                 A::F(eps),
+                A::I(y_f16 as i32),
             ],
             pdl,
         )

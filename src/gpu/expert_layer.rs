@@ -33,6 +33,7 @@ impl Pi0Cuda {
         &self,
         s: sys::CUstream,
         ws: &WeightStreaming,
+        operands: skinny::Operands,
         x: u64,
         ldx: usize,
         w: u64,
@@ -47,6 +48,7 @@ impl Pi0Cuda {
             partition_sms: ws.partition_sms,
             sm_smem: ws.sm_smem,
             evict_first: ws.evict_first,
+            operands,
         };
         skinny::launch(&self.kernels, s, &run, (x, ldx), w, part, (rows, n, k))
     }
@@ -80,16 +82,43 @@ impl Pi0Cuda {
         let (hh, hd) = (self.d.heads, self.d.hd);
         let qkvw = self.d.qkv_e;
         let eps = g.rms_norm_eps;
+        // The norm-fed GEMMs (q|k|v, gate|up) in fp16 where the layer's weights allow it.
+        let (fed, y_f16) = if l.norm_fed_f16 {
+            (skinny::Operands::F16, true)
+        } else {
+            (skinny::Operands::Bf16, false)
+        };
+        let bf = skinny::Operands::Bf16;
         let norm = |add: (u64, usize), scale: u64| {
-            self.resid_rms(s, ws.pdl, b.x, add, rows, w, Some((b.xn, scale)), eps)
+            self.resid_rms(
+                s,
+                ws.pdl,
+                b.x,
+                add,
+                rows,
+                w,
+                Some((b.xn, scale, y_f16)),
+                eps,
+            )
         };
         norm((part, pending), l.pre.ptr)?;
-        let splits = self.wgemm(s, ws, b.xn, w, l.qkv_w.ptr, part, rows, qkvw, w)?;
+        let splits = self.wgemm(s, ws, fed, b.xn, w, l.qkv_w.ptr, part, rows, qkvw, w)?;
         self.rope_kv(s, ws.pdl, (part, splits), rows, b, at)?;
         self.attend(s, lt, ws.pdl, rows, b, at)?;
-        let splits = self.wgemm(s, ws, b.attn, hh * hd, l.o_w.ptr, part, rows, w, hh * hd)?;
+        let splits = self.wgemm(
+            s,
+            ws,
+            bf,
+            b.attn,
+            hh * hd,
+            l.o_w.ptr,
+            part,
+            rows,
+            w,
+            hh * hd,
+        )?;
         norm((part, splits), l.post.ptr)?;
-        let splits = self.wgemm(s, ws, b.xn, w, l.gu_w.ptr, part, rows, 2 * f, w)?;
+        let splits = self.wgemm(s, ws, fed, b.xn, w, l.gu_w.ptr, part, rows, 2 * f, w)?;
         let n4 = (rows * f).div_ceil(4);
         self.kernels.launch_ex(
             K::GeluPart,
@@ -106,7 +135,7 @@ impl Pi0Cuda {
             ],
             ws.pdl,
         )?;
-        self.wgemm(s, ws, b.h, f, l.down_w.ptr, part, rows, w, f)
+        self.wgemm(s, ws, bf, b.h, f, l.down_w.ptr, part, rows, w, f)
     }
 
     /// Adds the last layer's pending down-projection partials to the residual stream.
@@ -145,7 +174,13 @@ impl Pi0Cuda {
         let (w, f, a) = (g.width, g.mlp_dim, d.heads * d.hd);
         [(d.qkv_e, w), (w, a), (2 * f, w), (w, f)]
             .iter()
-            .map(|&(n, k)| skinny::plan(rows, n, k, ws.target_ctas).splits * rows * n * 4)
+            .map(|&(n, k)| {
+                // The split count does not depend on the operand type.
+                skinny::plan(rows, n, k, ws.target_ctas, skinny::Operands::Bf16).splits
+                    * rows
+                    * n
+                    * 4
+            })
             .max()
             .unwrap_or(0)
     }

@@ -63,6 +63,12 @@ pub struct GpuOptions {
     /// Off by default: on the H100 it is still slower there than cuBLASLt (docs/gpu-notes.md
     /// v14: decoder 9.34 vs 8.56 ms).
     pub fused_gemma_attention: bool,
+    /// The expert's norm-fed weight GEMMs (q|k|v, gate|up) in fp16 instead of bf16, with the
+    /// RMSNorms writing fp16 for them (weight-streaming path only; per layer, where weights and
+    /// norm outputs fit fp16's range). fp16 keeps 3 more mantissa bits: on the ill-conditioned
+    /// full-size 1-view prompt-20 input the bf16 rounding of those inputs is the largest single
+    /// error source (docs/gpu-notes.md v23). Same speed.
+    pub expert_f16: bool,
 }
 
 impl Default for GpuOptions {
@@ -78,6 +84,7 @@ impl Default for GpuOptions {
             pdl: true,
             fused_attention: true,
             fused_gemma_attention: false,
+            expert_f16: true,
         }
     }
 }

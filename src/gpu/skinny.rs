@@ -18,6 +18,14 @@ const CTA_RESERVED_SMEM: usize = 1024;
 /// Token rows the kernel variants cover (10 tiles of 8).
 pub const MAX_ROWS: usize = 80;
 
+/// Element type of X and W (fp32 accumulation either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operands {
+    Bf16,
+    /// fp16: 3 more mantissa bits, for inputs whose range allows it.
+    F16,
+}
+
 /// One weight GEMM's launch: `part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WgemmPlan {
@@ -27,6 +35,7 @@ pub struct WgemmPlan {
     pub splits: usize,
     /// k per split (a multiple of 64).
     pub kps: usize,
+    pub operands: Operands,
 }
 
 /// Whether the weight-streaming kernel covers this GEMM (k a multiple of the stage depth and
@@ -35,7 +44,7 @@ pub fn supports(rows: usize, k: usize) -> bool {
     (1..=MAX_ROWS).contains(&rows) && k >= BK && k % BK == 0
 }
 
-/// The kernels by token tiles (2, 4, 6, 8, 10), for each ring depth.
+/// The kernels by token tiles (2, 4, 6, 8, 10), for each ring depth and operand type.
 const DEEP: [K; 5] = [K::Wgemm2, K::Wgemm4, K::Wgemm6, K::Wgemm8, K::Wgemm10];
 const SHALLOW: [K; 5] = [
     K::Wgemm2S3,
@@ -44,16 +53,29 @@ const SHALLOW: [K; 5] = [
     K::Wgemm8S3,
     K::Wgemm10S3,
 ];
+const DEEP_F16: [K; 5] = [K::WgemmH2, K::WgemmH4, K::WgemmH6, K::WgemmH8, K::WgemmH10];
+const SHALLOW_F16: [K; 5] = [
+    K::WgemmH2S3,
+    K::WgemmH4S3,
+    K::WgemmH6S3,
+    K::WgemmH8S3,
+    K::WgemmH10S3,
+];
+
+fn kernel_table(stages: usize, operands: Operands) -> [K; 5] {
+    match (stages == STAGES_SMALL, operands) {
+        (false, Operands::Bf16) => DEEP,
+        (true, Operands::Bf16) => SHALLOW,
+        (false, Operands::F16) => DEEP_F16,
+        (true, Operands::F16) => SHALLOW_F16,
+    }
+}
 
 /// The token-tile variant for `rows` with a ring of `stages` and its dynamic shared memory.
-fn variant(rows: usize, stages: usize) -> (K, usize) {
+fn variant(rows: usize, stages: usize, operands: Operands) -> (K, usize) {
     let tiles = rows.div_ceil(8);
     let even = (tiles + (tiles & 1)).clamp(2, 10);
-    let kernels = if stages == STAGES_SMALL {
-        SHALLOW
-    } else {
-        DEEP
-    };
+    let kernels = kernel_table(stages, operands);
     (kernels[even / 2 - 1], smem_bytes(even, stages))
 }
 
@@ -77,10 +99,13 @@ fn ctas_per_sm(smem: usize, sm_smem: usize) -> usize {
 
 /// Every variant with the dynamic shared memory it needs (raised once per kernel at start-up).
 pub fn variants() -> Vec<(K, usize)> {
-    [STAGES, STAGES_SMALL]
-        .iter()
-        .flat_map(|&st| [2, 4, 6, 8, 10].map(|t| variant(t * 8, st)))
-        .collect()
+    let mut all = Vec::new();
+    for operands in [Operands::Bf16, Operands::F16] {
+        for st in [STAGES, STAGES_SMALL] {
+            all.extend([2, 4, 6, 8, 10].map(|t| variant(t * 8, st, operands)));
+        }
+    }
+    all
 }
 
 /// The CTA count to aim for on a GPU with `sms` multiprocessors: one wave, allowing a few idle
@@ -91,19 +116,20 @@ pub fn target_ctas(sms: usize) -> usize {
 
 /// Plans `rows` × `n` × `k`: split K in halves until the grid has at least `target_ctas` CTAs
 /// (enough weight loads in flight to keep HBM busy), while each split keeps whole stages.
-pub fn plan(rows: usize, n: usize, k: usize, target_ctas: usize) -> WgemmPlan {
+pub fn plan(rows: usize, n: usize, k: usize, target_ctas: usize, operands: Operands) -> WgemmPlan {
     let tiles = n.div_ceil(BN);
     let mut splits = 1;
     while tiles * splits < target_ctas && k % (2 * splits * BK) == 0 {
         splits *= 2;
     }
-    let (kernel, smem) = variant(rows, STAGES);
+    let (kernel, smem) = variant(rows, STAGES, operands);
     WgemmPlan {
         kernel,
         grid: (tiles as u32, splits as u32, 1),
         smem: smem as u32,
         splits,
         kps: k / splits,
+        operands,
     }
 }
 
@@ -115,7 +141,7 @@ pub fn fit_partition(p: WgemmPlan, rows: usize, sms: usize, sm_smem: usize) -> W
     if sms * ctas_per_sm(p.smem as usize, sm_smem) >= ctas {
         return p;
     }
-    let (kernel, smem) = variant(rows, STAGES_SMALL);
+    let (kernel, smem) = variant(rows, STAGES_SMALL, p.operands);
     if sms * ctas_per_sm(smem, sm_smem) >= ctas {
         WgemmPlan {
             kernel,
@@ -140,6 +166,8 @@ pub struct Launch {
     pub sm_smem: usize,
     /// Weight tiles marked L2 evict-first (Hopper bulk copies; no effect elsewhere).
     pub evict_first: bool,
+    /// Element type of X and W.
+    pub operands: Operands,
 }
 
 /// Enqueues `part[splits][rows][n] = X[rows][k] · W[n][k]ᵀ` (`x` = (pointer, row stride), `w`
@@ -153,7 +181,7 @@ pub fn launch(
     part: u64,
     (rows, n, k): (usize, usize, usize),
 ) -> Result<usize> {
-    let mut p = plan(rows, n, k, run.target_ctas);
+    let mut p = plan(rows, n, k, run.target_ctas, run.operands);
     if let Some(sms) = run.partition_sms {
         p = fit_partition(p, rows, sms, run.sm_smem);
     }
@@ -206,13 +234,13 @@ mod tests {
     fn full_size_expert_shapes_fill_the_h100() {
         // π0 expert: QKV 1024→2560, O 2048→1024, gate|up 1024→8192, down 4096→1024; 51 rows.
         let target = target_ctas(132);
-        let qkv = plan(51, 2560, 1024, target);
+        let qkv = plan(51, 2560, 1024, target, Operands::Bf16);
         assert_eq!((qkv.grid.0, qkv.splits, qkv.kps), (20, 8, 128));
-        let o = plan(51, 1024, 2048, target);
+        let o = plan(51, 1024, 2048, target, Operands::Bf16);
         assert_eq!((o.grid.0, o.splits, o.kps), (8, 16, 128));
-        let gu = plan(51, 8192, 1024, target);
+        let gu = plan(51, 8192, 1024, target, Operands::Bf16);
         assert_eq!((gu.grid.0, gu.splits, gu.kps), (64, 2, 512));
-        let down = plan(51, 1024, 4096, target);
+        let down = plan(51, 1024, 4096, target, Operands::Bf16);
         assert_eq!((down.grid.0, down.splits, down.kps), (8, 16, 256));
         assert_eq!(qkv.kernel, K::Wgemm8);
         for p in [qkv, o, gu, down] {
@@ -246,9 +274,9 @@ mod tests {
     fn small_partitions_take_the_shallow_ring_only_where_it_fits_one_wave() {
         const H100: usize = 228 * 1024;
         let target = target_ctas(132);
-        let qkv = plan(51, 2560, 1024, target); // 160 CTAs
-        let down = plan(51, 1024, 4096, target); // 128 CTAs
-                                                 // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
+        let qkv = plan(51, 2560, 1024, target, Operands::Bf16); // 160 CTAs
+        let down = plan(51, 1024, 4096, target, Operands::Bf16); // 128 CTAs
+                                                                 // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
         assert_eq!(fit_partition(down, 51, 132, H100), down);
         assert_eq!(fit_partition(down, 51, 64, H100).kernel, K::Wgemm8);
         // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.
@@ -266,24 +294,27 @@ mod tests {
 
     #[test]
     fn splits_stop_at_one_stage_per_split() {
-        let p = plan(10, 64, 64, 132);
+        let p = plan(10, 64, 64, 132, Operands::Bf16);
         assert_eq!((p.splits, p.kps), (1, 64));
-        assert_eq!(plan(10, 128, 256, 1000).splits, 4);
+        assert_eq!(plan(10, 128, 256, 1000, Operands::Bf16).splits, 4);
     }
 
     #[test]
     fn variants_cover_every_row_count() {
-        for rows in 1..=MAX_ROWS {
-            let (k, smem) = variant(rows, STAGES);
-            let tiles = match k {
-                K::Wgemm2 => 2,
-                K::Wgemm4 => 4,
-                K::Wgemm6 => 6,
-                K::Wgemm8 => 8,
-                _ => 10,
-            };
-            assert!(tiles * 8 >= rows, "{rows} rows in {tiles} tiles");
-            assert!(smem <= 227 * 1024);
+        for operands in [Operands::Bf16, Operands::F16] {
+            for stages in [STAGES, STAGES_SMALL] {
+                for rows in 1..=MAX_ROWS {
+                    let (k, smem) = variant(rows, stages, operands);
+                    let table = kernel_table(stages, operands);
+                    let tiles = 2 * (table.iter().position(|&t| t == k).unwrap() + 1);
+                    assert!(tiles * 8 >= rows, "{rows} rows in {tiles} tiles");
+                    assert!(smem <= 227 * 1024);
+                    assert_eq!(
+                        format!("{k:?}").starts_with("WgemmH"),
+                        operands == Operands::F16
+                    );
+                }
+            }
         }
         assert!(!supports(81, 64));
         assert!(!supports(51, 100));
@@ -303,24 +334,38 @@ mod tests {
         s: sys::CUstream,
         sm_smem: usize,
         (rows, n, k): (usize, usize, usize),
+        operands: Operands,
     ) {
         let mut rng = rand::rngs::StdRng::seed_from_u64((rows * n + k) as u64);
-        let mut random = |len: usize| -> Vec<half::bf16> {
+        // Values as f64 and as the kernel's 16-bit words.
+        let mut random = |len: usize| -> (Vec<f64>, Vec<u16>) {
             (0..len)
-                .map(|_| half::bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
-                .collect()
+                .map(|_| {
+                    let v = rng.gen_range(-1.0f32..1.0);
+                    match operands {
+                        Operands::Bf16 => {
+                            let b = half::bf16::from_f32(v);
+                            (b.to_f64(), b.to_bits())
+                        }
+                        Operands::F16 => {
+                            let h = half::f16::from_f32(v);
+                            (h.to_f64(), h.to_bits())
+                        }
+                    }
+                })
+                .unzip()
         };
         // X with a row stride wider than k, as the decoder's q|k|v input is not.
         let ldx = k + 64;
-        let (x, w) = (random(rows * ldx), random(n * k));
-        let dx = DBuf::from_slice(&x).unwrap();
-        let dw = DBuf::from_slice(&tile_weights(&w, n, k)).unwrap();
-        let splits = plan(rows, n, k, 123).splits;
+        let ((x, xb), (w, wb)) = (random(rows * ldx), random(n * k));
+        let dx = DBuf::from_slice(&xb).unwrap();
+        let dw = DBuf::from_slice(&tile_weights(&wb, n, k)).unwrap();
+        let splits = plan(rows, n, k, 123, operands).splits;
         let len = splits * rows * n;
         let part = DBuf::from_slice(&vec![f32::NAN; len]).unwrap();
         // Twice on the whole GPU, then as on a partition of a third of the grid's CTAs in SMs,
         // where the shallow ring (three CTAs per SM) is what fits the grid in one wave.
-        let deep = plan(rows, n, k, 123);
+        let deep = plan(rows, n, k, 123, operands);
         let small = ((deep.grid.0 * deep.grid.1) as usize).div_ceil(3);
         let mut runs = Vec::new();
         for partition_sms in [None, None, Some(small)] {
@@ -330,6 +375,7 @@ mod tests {
                 partition_sms,
                 sm_smem,
                 evict_first: true,
+                operands,
             };
             // NaN first, so that a run that writes nothing cannot pass. SAFETY: synchronous
             // copy of `len` floats into a buffer of that size.
@@ -368,9 +414,7 @@ mod tests {
         let (mut err, mut norm) = (0f64, 0f64);
         for t in 0..rows {
             for j in 0..n {
-                let want: f64 = (0..k)
-                    .map(|i| x[t * ldx + i].to_f64() * w[j * k + i].to_f64())
-                    .sum();
+                let want: f64 = (0..k).map(|i| x[t * ldx + i] * w[j * k + i]).sum();
                 let got: f64 = (0..splits)
                     .map(|sp| runs[0][(sp * rows + t) * n + j] as f64)
                     .sum();
@@ -380,7 +424,9 @@ mod tests {
             }
         }
         let rel = (err / norm).sqrt();
-        println!("weight-streaming GEMM {rows}x{n}x{k} ({splits} splits): rel L2 {rel:.2e}");
+        println!(
+            "weight-streaming GEMM {rows}x{n}x{k}, {operands:?} ({splits} splits): rel L2 {rel:.2e}"
+        );
         assert!(rel < 1e-5, "{rows}x{n}x{k}: rel L2 {rel:.3e}");
     }
 
@@ -398,13 +444,15 @@ mod tests {
         let stream = ctx.new_stream().unwrap();
         // The expert's O projection (16 splits) and gate|up (2) at chunk 50; a ragged shape
         // (a partial band, rows in an odd token tile); the widest token variant.
-        for shape in [
-            (51, 1024, 2048),
-            (51, 8192, 1024),
-            (13, 200, 192),
-            (80, 256, 512),
-        ] {
-            check_shape(&kernels, stream.cu_stream(), sm_smem(&ctx), shape);
+        for operands in [Operands::Bf16, Operands::F16] {
+            for shape in [
+                (51, 1024, 2048),
+                (51, 8192, 1024),
+                (13, 200, 192),
+                (80, 256, 512),
+            ] {
+                check_shape(&kernels, stream.cu_stream(), sm_smem(&ctx), shape, operands);
+            }
         }
     }
 }

@@ -112,6 +112,21 @@ pub struct GemmaLayer {
     pub o_w: DBuf,
     pub gu_w: DBuf,
     pub down_w: DBuf,
+    /// q|k|v and gate|up (the GEMMs fed by the RMSNorms) hold fp16 instead of bf16, and the
+    /// norms write fp16 for them (`fp16_fits`).
+    pub norm_fed_f16: bool,
+}
+
+/// Whether a layer's norm-fed GEMMs can run in fp16 without overflow: every weight within
+/// fp16's range (bf16 weights are then exact in fp16 down to 2^-17, and below that off by less
+/// than 2^-25), and the norm outputs too: |RMSNorm(x)·scale| <= sqrt(width)·max|scale|.
+pub fn fp16_fits(scales: &[&[f32]], width: usize, weights: &[&[f32]]) -> bool {
+    const F16_MAX: f32 = 65504.0;
+    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    scales
+        .iter()
+        .all(|s| (width as f32).sqrt() * max_abs(s) < F16_MAX)
+        && weights.iter().all(|w| max_abs(w) <= F16_MAX)
 }
 
 pub struct Weights {
@@ -183,8 +198,14 @@ pub fn time_embedding(t: f64, dim: usize, min_p: f64, max_p: f64) -> Vec<f64> {
 
 impl Weights {
     /// `tiled_expert`: store the expert's four layer matrices in the weight-streaming kernel's
-    /// tiled layout (`skinny::tile_weights`) instead of row-major for cuBLASLt.
-    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, tiled_expert: bool) -> Result<Self> {
+    /// tiled layout (`skinny::tile_weights`) instead of row-major for cuBLASLt; `f16_expert`:
+    /// with it, the expert's norm-fed matrices in fp16 where they fit (`fp16_fits`).
+    pub fn load(
+        cfg: &ModelConfig,
+        src: &dyn WeightSource,
+        tiled_expert: bool,
+        f16_expert: bool,
+    ) -> Result<Self> {
         let v = &cfg.vision;
         let (wv, fv) = (v.width, v.mlp_dim);
         let vd = v.num_heads * v.head_dim;
@@ -260,8 +281,14 @@ impl Weights {
             DBuf::from_slice(&src.f32(&format!("{}.post_layernorm.bias", keys::VISION), &[wv])?)?;
         let embed = DBuf::from_slice(&src.bf16(keys::EMBED_TOKENS, &[cfg.vocab_size, wl])?)?;
 
-        let llm = load_gemma(src, keys::LLM, &cfg.llm, false)?;
-        let exp = load_gemma(src, keys::EXPERT, &cfg.expert, tiled_expert)?;
+        let llm = load_gemma(src, keys::LLM, &cfg.llm, false, false)?;
+        let exp = load_gemma(
+            src,
+            keys::EXPERT,
+            &cfg.expert,
+            tiled_expert,
+            tiled_expert && f16_expert,
+        )?;
 
         // Heads.
         let (e, a) = (cfg.expert.width, cfg.action_dim);
@@ -352,14 +379,16 @@ impl Weights {
     }
 }
 
-/// One Gemma layer on the host: ([pre, post] norm scales, [qkv, o, gate|up, down] weights).
-type HostGemmaLayer = ([Vec<f32>; 2], [Vec<bf16>; 4]);
+/// One Gemma layer on the host: ([pre, post] norm scales, `GemmaLayer::norm_fed_f16`,
+/// [qkv, o, gate|up, down] weights as bf16 or fp16 words).
+type HostGemmaLayer = ([Vec<f32>; 2], bool, [Vec<u16>; 4]);
 
 fn load_gemma(
     src: &dyn WeightSource,
     prefix: &str,
     g: &crate::model::config::GemmaConfig,
     tiled: bool,
+    f16_norm_fed: bool,
 ) -> Result<Vec<GemmaLayer>> {
     let (w, f, qd, kd) = (g.width, g.mlp_dim, g.q_dim(), g.kv_dim());
     let mut out = Vec::new();
@@ -386,8 +415,18 @@ fn load_gemma(
                 gu.extend(t("mlp.up_proj.weight", &[f, w])?);
                 // Shapes [n][k] of q|k|v, o, gate|up, down.
                 let shapes = [(qd + 2 * kd, w), (w, qd), (2 * f, w), (w, f)];
-                let cv = |v: Vec<f32>, m: usize| -> Vec<bf16> {
-                    let b: Vec<bf16> = v.into_par_iter().map(bf16::from_f32).collect();
+                let f16 = f16_norm_fed && fp16_fits(&[&pre, &post], w, &[&qkv, &gu]);
+                // 16-bit words: bf16, or fp16 for the norm-fed q|k|v (0) and gate|up (2).
+                let cv = |v: Vec<f32>, m: usize| -> Vec<u16> {
+                    let b: Vec<u16> = if f16 && (m == 0 || m == 2) {
+                        v.into_par_iter()
+                            .map(|x| half::f16::from_f32(x).to_bits())
+                            .collect()
+                    } else {
+                        v.into_par_iter()
+                            .map(|x| bf16::from_f32(x).to_bits())
+                            .collect()
+                    };
                     if tiled {
                         super::skinny::tile_weights(&b, shapes[m].0, shapes[m].1)
                     } else {
@@ -396,6 +435,7 @@ fn load_gemma(
                 };
                 Ok((
                     [pre, post],
+                    f16,
                     [
                         cv(qkv, 0),
                         cv(t("self_attn.o_proj.weight", &[w, qd])?, 1),
@@ -406,8 +446,9 @@ fn load_gemma(
             })
             .collect();
         for h in host {
-            let (n, h) = h?;
+            let (n, f16, h) = h?;
             out.push(GemmaLayer {
+                norm_fed_f16: f16,
                 pre: DBuf::from_slice(&n[0])?,
                 post: DBuf::from_slice(&n[1])?,
                 qkv_w: DBuf::from_slice(&h[0])?,
@@ -418,4 +459,21 @@ fn load_gemma(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fp16_fits;
+
+    #[test]
+    fn fp16_needs_weights_and_norm_outputs_in_range() {
+        let w = vec![0.02f32, -3.0, 1e-7];
+        // 1024 wide: norm outputs up to 32 x max|scale|.
+        assert!(fp16_fits(&[&[1.0, 2.0]], 1024, &[&w]));
+        assert!(fp16_fits(&[&[2000.0]], 1024, &[&w]));
+        assert!(!fp16_fits(&[&[2047.0]], 1024, &[&w]), "32 x 2047 > 65504");
+        assert!(!fp16_fits(&[&[-2047.0]], 1024, &[&w]), "signs count");
+        assert!(!fp16_fits(&[&[1.0]], 1024, &[&w, &[70000.0]]));
+        assert!(fp16_fits(&[&[1.0]], 1024, &[&[65504.0]]));
+    }
 }
