@@ -1,5 +1,6 @@
 //! Device weights: read once from a checkpoint (or drawn at random), folded exactly on the host
-//! (pi0-model.md §6 item 4), converted to bf16 and uploaded.
+//! (pi0-model.md §6 item 4), converted to bf16 and uploaded; the expert's norm-fed matrices
+//! (q|k|v, gate|up) to fp16 instead where they fit its range (`fp16_fits`, GpuOptions::expert_f16).
 //!
 //! Norm scales (LayerNorm γ/β, Gemma 1 + w) are applied in fp32 by the norm kernels, not folded
 //! into the bf16 weights (folding adds a bf16 rounding of every weight: on full-size random
