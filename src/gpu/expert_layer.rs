@@ -83,10 +83,10 @@ impl Pi0Cuda {
         let qkvw = self.d.qkv_e;
         let eps = g.rms_norm_eps;
         // The norm-fed GEMMs (q|k|v, gate|up) in fp16 where the layer's weights allow it.
-        let (fed, y_f16) = if l.norm_fed_f16 {
-            (skinny::Operands::F16, true)
+        let fed = if l.norm_fed_f16 {
+            skinny::Operands::F16
         } else {
-            (skinny::Operands::Bf16, false)
+            skinny::Operands::Bf16
         };
         let bf = skinny::Operands::Bf16;
         let norm = |add: (u64, usize), scale: u64| {
@@ -97,7 +97,7 @@ impl Pi0Cuda {
                 add,
                 rows,
                 w,
-                Some((b.xn, scale, y_f16)),
+                Some((b.xn, scale, l.norm_fed_f16)),
                 eps,
             )
         };
