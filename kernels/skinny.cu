@@ -66,16 +66,6 @@ DEV void mma_16x8x16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
         mma_bf16(c, a0, a1, a2, a3, b0, b1);
 }
 
-// Programmatic dependent launch: wait for the previous kernel's results / let the next kernel
-// start its prologue. Both are no-ops when the launch did not ask for it.
-#if __CUDA_ARCH__ >= 900
-DEV void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-DEV void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
-#else
-DEV void pdl_wait() {}
-DEV void pdl_trigger() {}
-#endif
-
 // Row r of a 128-byte-per-row tile, 16-byte chunk c, XOR-swizzled so that ldmatrix's eight
 // row addresses hit eight different bank groups.
 DEV u32 swz(u32 base, int r, int c) { return base + r * 128 + ((c ^ (r & 7)) << 4); }
@@ -286,6 +276,21 @@ WGEMM(6, 3, true, wgemm_h_t6_s3_k)
 WGEMM(8, 3, true, wgemm_h_t8_s3_k)
 WGEMM(10, 3, true, wgemm_h_t10_s3_k)
 
+// Entry of the kernels that a weight GEMM follows (residual + RMSNorm, GELU-gate). With
+// PI0_PDL_EARLY the trigger comes first: the GEMM launches (and requests its first weight tiles)
+// once this kernel's CTAs are all resident instead of once they have waited, i.e. while the
+// kernel before this one still runs. Still exact: the GEMM's own griddepcontrol.wait waits for
+// this grid to complete, and this grid waits for the one before.
+DEV void pdl_enter_before_gemm() {
+#ifdef PI0_PDL_EARLY
+    pdl_trigger();
+    pdl_wait();
+#else
+    pdl_wait();
+    pdl_trigger();
+#endif
+}
+
 // Sum of the split-K partials of element i of row m (row length n, `splits` splits).
 DEV float part_sum(const float* __restrict__ part, int splits, int rows, int n, int m, int i) {
     float v = 0.f;
@@ -376,8 +381,7 @@ extern "C" __global__ void resid_rms_k(float* __restrict__ x, const float* __res
                                        int splits, int rows, int width, bf16_t* __restrict__ y,
                                        const float* __restrict__ scale, float eps, int y_f16) {
     __shared__ float red[32];
-    pdl_wait();
-    pdl_trigger();
+    pdl_enter_before_gemm();
     const int m = blockIdx.x, i = threadIdx.x * 4;
     float4 v;
     v.x = v.y = v.z = v.w = 0.f;
@@ -413,8 +417,7 @@ extern "C" __global__ void resid_rms_k(float* __restrict__ x, const float* __res
 // gate|up partials -> h = gelu_tanh(gate) * up, bf16 [rows][F]; 4 outputs per thread.
 extern "C" __global__ void gelu_part_k(const float* __restrict__ part, int splits, int rows,
                                        int F, bf16_t* __restrict__ h) {
-    pdl_wait();
-    pdl_trigger();
+    pdl_enter_before_gemm();
     const size_t i4 = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * 4;
     if (i4 >= (size_t)rows * F) return;
     const int m = (int)(i4 / F), c = (int)(i4 % F);
