@@ -174,8 +174,15 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
 #pragma unroll
     for (int s = 0; s < ST - 1; s++)
         if (s < nk) wg_load_w(base + s * stage_bytes, bars + 8 * s, wt + (size_t)s * WG_TILE, pol);
+#if defined(PI0_PDL_EARLY) && PI0_PDL_EARLY >= 2
+    // Study level 2: the consumer launches at once too, so with the consumers' early trigger
+    // the following weight GEMMs launch (and prefetch) back to back while this one streams.
+    pdl_trigger();
+    pdl_wait();
+#else
     pdl_wait();
     pdl_trigger();
+#endif
 #pragma unroll
     for (int s = 0; s < ST - 1; s++) {
         if (s < nk) wg_load_x(base + s * stage_bytes + WG_BN * 128, X, ldx, rows, XR, kbeg + s * WG_BK);

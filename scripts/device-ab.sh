@@ -19,9 +19,9 @@ for spec in "$@"; do
   env $envs "$B/pi0-bench" --configs "${CONFIGS:-2x20x50}" --iterations "${ITERS:-200}" > "$O/b_$name.log" 2>&1
   main=$(grep -E '^\| [0-9]+ \| [0-9]+ \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| ' "$O/b_$name.log" | head -1)
   part=$(grep -E '^\| [0-9]+ \| [0-9]+ \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$' "$O/b_$name.log" | head -1)
-  extra=$(grep -E "lt study|Error|error" "$O/b_$name.log" | head -2 | tr '\n' ' ')
+  extra=$(grep -oE "ready in [0-9.]+ s|lt study.*|[Ee]rror.*" "$O/b_$name.log" | head -3 | tr '\n' ' ')
   rows+=("$name | $main | parts $part | $extra")
-  echo "done $name"
+  echo "$name | $main | parts $part | $extra"
 done
 echo; echo "variant | views | prompt | chunk | median | p90 | p99 | enc | dec | eager || parts: v p c upload enc dec down host"
 for r in "${rows[@]}"; do echo "$r"; done

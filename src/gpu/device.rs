@@ -386,10 +386,14 @@ impl Kernels {
     pub fn load(major: i32, minor: i32) -> Result<Self> {
         let arch = arch_for(major, minor);
         let mut src = String::new();
-        // Study knob (docs/gpu-notes.md v24): the decoder's norms and GELU-gate let the weight
-        // GEMM after them launch before they wait. Part of the source, so of the cache key.
-        if std::env::var("PI0_PDL_EARLY").is_ok_and(|v| v == "1") {
-            src.push_str("#define PI0_PDL_EARLY 1\n");
+        // Study knob (docs/gpu-notes.md v24): 1 = the decoder's norms and GELU-gate let the
+        // weight GEMM after them launch before they wait; 2 = the weight GEMMs too. Part of the
+        // source, so of the cache key.
+        if let Some(level) = std::env::var("PI0_PDL_EARLY")
+            .ok()
+            .filter(|v| v == "1" || v == "2")
+        {
+            src.push_str(&format!("#define PI0_PDL_EARLY {level}\n"));
         }
         for (name, text) in SOURCES {
             src.push_str(&format!("// ---- {name} ----\n"));
