@@ -66,6 +66,16 @@ DEV void mma_16x8x16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
         mma_bf16(c, a0, a1, a2, a3, b0, b1);
 }
 
+// Programmatic dependent launch: wait for the previous kernel's results / let the next kernel
+// start its prologue. Both are no-ops when the launch did not ask for it.
+#if __CUDA_ARCH__ >= 900
+DEV void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+DEV void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
+#else
+DEV void pdl_wait() {}
+DEV void pdl_trigger() {}
+#endif
+
 // Row r of a 128-byte-per-row tile, 16-byte chunk c, XOR-swizzled so that ldmatrix's eight
 // row addresses hit eight different bank groups.
 DEV u32 swz(u32 base, int r, int c) { return base + r * 128 + ((c ^ (r & 7)) << 4); }
@@ -174,15 +184,8 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
 #pragma unroll
     for (int s = 0; s < ST - 1; s++)
         if (s < nk) wg_load_w(base + s * stage_bytes, bars + 8 * s, wt + (size_t)s * WG_TILE, pol);
-#if defined(PI0_PDL_EARLY) && PI0_PDL_EARLY >= 2
-    // Study level 2: the consumer launches at once too, so with the consumers' early trigger
-    // the following weight GEMMs launch (and prefetch) back to back while this one streams.
-    pdl_trigger();
-    pdl_wait();
-#else
     pdl_wait();
     pdl_trigger();
-#endif
 #pragma unroll
     for (int s = 0; s < ST - 1; s++) {
         if (s < nk) wg_load_x(base + s * stage_bytes + WG_BN * 128, X, ldx, rows, XR, kbeg + s * WG_BK);
@@ -283,18 +286,19 @@ WGEMM(6, 3, true, wgemm_h_t6_s3_k)
 WGEMM(8, 3, true, wgemm_h_t8_s3_k)
 WGEMM(10, 3, true, wgemm_h_t10_s3_k)
 
-// Entry of the kernels that a weight GEMM follows (residual + RMSNorm, GELU-gate). With
-// PI0_PDL_EARLY the trigger comes first: the GEMM launches (and requests its first weight tiles)
-// once this kernel's CTAs are all resident instead of once they have waited, i.e. while the
-// kernel before this one still runs. Still exact: the GEMM's own griddepcontrol.wait waits for
-// this grid to complete, and this grid waits for the one before.
+// Entry of the kernels that a weight GEMM follows (residual + RMSNorm, GELU-gate): the trigger
+// comes first, so the GEMM launches and requests its first weight tiles as soon as this kernel's
+// CTAs are all resident, while the kernel before this one still runs (one kernel earlier than
+// after the wait: decoder 8.37 -> 8.25 ms on the H100, docs/gpu-notes.md v24). Still exact: the
+// GEMM touches nothing but weights before its own griddepcontrol.wait, which waits for this grid
+// to complete, and this grid waits for the one before. PI0_PDL_WAIT_FIRST restores the old order.
 DEV void pdl_enter_before_gemm() {
-#ifdef PI0_PDL_EARLY
-    pdl_trigger();
+#ifdef PI0_PDL_WAIT_FIRST
     pdl_wait();
+    pdl_trigger();
 #else
-    pdl_wait();
     pdl_trigger();
+    pdl_wait();
 #endif
 }
 

@@ -141,18 +141,6 @@ pub fn copy_finite_bf16(src: &[f32], dst: &mut [u16]) -> bool {
     bad == 0
 }
 
-/// `copy_finite_bf16` in chunks on rayon's thread pool: one 224 × 224 view (150 K values) takes
-/// ~0.1 ms on one core, and `forward` waits for it before the encoder starts.
-pub fn copy_finite_bf16_par(src: &[f32], dst: &mut [u16]) -> bool {
-    use rayon::prelude::*;
-    // Big enough that the pool's hand-off (a few µs) stays small next to the work.
-    const CHUNK: usize = 16 * 1024;
-    assert_eq!(src.len(), dst.len(), "copy_finite_bf16_par: lengths differ");
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .all(|(d, s)| copy_finite_bf16(s, d))
-}
-
 /// A π0 engine: observation + initial noise (x at t = 1) → action chunk (x at t = 0).
 pub trait PolicyEngine: Send {
     /// Short name for logs ("cpu", "cuda").
@@ -212,24 +200,6 @@ mod tests {
         assert!(copy_finite_bf16(&v, &mut out));
         for (x, b) in v.iter().zip(&out) {
             assert_eq!(*b, half::bf16::from_f32(*x).to_bits(), "{x}");
-        }
-    }
-
-    #[test]
-    fn parallel_staging_matches_serial_and_finds_bad_values_in_any_chunk() {
-        // A full 224 x 224 x 3 view: ten 16 K chunks and a partial one.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let v: Vec<f32> = (0..224 * 224 * 3)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
-        let (mut serial, mut par) = (vec![0u16; v.len()], vec![1u16; v.len()]);
-        assert!(copy_finite_bf16(&v, &mut serial));
-        assert!(copy_finite_bf16_par(&v, &mut par));
-        assert_eq!(serial, par);
-        for pos in [0, 16 * 1024 - 1, 16 * 1024, 100_000, v.len() - 1] {
-            let mut bad = v.clone();
-            bad[pos] = f32::NAN;
-            assert!(!copy_finite_bf16_par(&bad, &mut par), "NaN at {pos}");
         }
     }
 

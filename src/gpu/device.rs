@@ -386,14 +386,11 @@ impl Kernels {
     pub fn load(major: i32, minor: i32) -> Result<Self> {
         let arch = arch_for(major, minor);
         let mut src = String::new();
-        // Study knob (docs/gpu-notes.md v24): 1 = the decoder's norms and GELU-gate let the
-        // weight GEMM after them launch before they wait; 2 = the weight GEMMs too. Part of the
-        // source, so of the cache key.
-        if let Some(level) = std::env::var("PI0_PDL_EARLY")
-            .ok()
-            .filter(|v| v == "1" || v == "2")
-        {
-            src.push_str(&format!("#define PI0_PDL_EARLY {level}\n"));
+        // PI0_PDL_EARLY=0: the decoder's norms and GELU-gate wait before they let the next
+        // weight GEMM launch (the order before v24, for comparisons). Part of the source, so
+        // of the kernel cache key.
+        if std::env::var("PI0_PDL_EARLY").is_ok_and(|v| v == "0") {
+            src.push_str("#define PI0_PDL_WAIT_FIRST 1\n");
         }
         for (name, text) in SOURCES {
             src.push_str(&format!("// ---- {name} ----\n"));
@@ -458,6 +455,19 @@ impl Kernels {
             },
             "cuKernelSetAttribute",
         )
+    }
+
+    /// Launches kernel `k` on `stream`.
+    pub fn launch(
+        &self,
+        k: K,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        args: &[A],
+    ) -> Result<()> {
+        self.launch_ex(k, grid, block, smem, stream, args, false)
     }
 
     /// Launches kernel `k` on `stream`; with `pdl` as a programmatic dependent launch: it may

@@ -330,13 +330,6 @@ pub struct Pi0Cuda {
     wstream: Option<WeightStreaming>,
     /// Fused attention kernels (None: cuBLASLt GEMMs around a softmax kernel).
     fused: Option<FusedAttention>,
-    /// Every kernel of ours that waits with pdl_wait is launched as a programmatic dependent
-    /// (GpuOptions::pdl on Hopper; `PI0_PDL=decoder` keeps it to the decoder's weight-GEMM
-    /// chain, the behaviour before, for comparisons).
-    pdl_all: bool,
-    /// Images rounded and checked on rayon's pool (`PI0_STAGE=serial`: on the calling thread,
-    /// the behaviour before, for comparisons).
-    parallel_staging: bool,
     /// Multiprocessors of the whole device.
     device_sms: usize,
     name: String,
@@ -594,17 +587,11 @@ impl Pi0Cuda {
         }
         let rope_llm = rope_table(kvmax, hd, cfg.llm.rope_max_wavelength)?;
         let rope_exp = rope_table(kvmax, hd, cfg.expert.rope_max_wavelength)?;
-        // PI0_PDL=decoder: a benchmark comparison knob (programmatic launches only in the
-        // decoder's weight-GEMM chain, as before 2026-12).
-        let pdl_all =
-            opts.pdl && major >= 9 && std::env::var("PI0_PDL").map_or(true, |v| v != "decoder");
         Ok(Pi0Cuda {
             rope_llm,
             rope_exp,
             wstream,
             fused,
-            pdl_all,
-            parallel_staging: std::env::var("PI0_STAGE").map_or(true, |v| v != "serial"),
             cfg: cfg.clone(),
             opts,
             d,
@@ -702,15 +689,7 @@ impl Pi0Cuda {
         smem: u32,
         args: &[A],
     ) -> Result<()> {
-        // These kernels begin with pdl_wait (kernels/common.cuh), so they may join the
-        // programmatic chain: each launches while the kernel before it drains.
-        let pdl = self.pdl_all
-            && matches!(
-                k,
-                K::LayerNorm | K::Softmax | K::Embed | K::GeluMul | K::ActionIn | K::OutEuler
-            );
-        self.kernels
-            .launch_ex(k, (grid, 1, 1), block, smem, s, args, pdl)
+        self.kernels.launch(k, (grid, 1, 1), block, smem, s, args)
     }
 
     // ------------------------------------------------------------------ inputs / outputs
@@ -759,12 +738,7 @@ impl Pi0Cuda {
             // (an encode always follows a complete upload).
             for (i, (slot_index, v)) in views.iter().enumerate() {
                 let dst = std::slice::from_raw_parts_mut(base.add(i * px * 2) as *mut u16, px);
-                let finite = if self.parallel_staging {
-                    crate::engine::copy_finite_bf16_par(v, dst)
-                } else {
-                    crate::engine::copy_finite_bf16(v, dst)
-                };
-                if !finite {
+                if !crate::engine::copy_finite_bf16(v, dst) {
                     // Views already sent still read the staging buffer: fence them.
                     p.staged.record(s)?;
                     return Err(crate::engine::non_finite_view(*slot_index));
@@ -969,7 +943,7 @@ impl Pi0Cuda {
                     &self.kernels,
                     s,
                     fa,
-                    self.pdl_all,
+                    false,
                     &AttentionProblem {
                         q: (p.qkv_v.ptr, row, tpv * row, dv),
                         k: p.qkv_v.ptr + wv as u64 * bf,
@@ -1150,7 +1124,7 @@ impl Pi0Cuda {
         let rms = |scale: u64| {
             self.resid_rms(
                 s,
-                self.pdl_all,
+                false,
                 b.x,
                 (0, 0),
                 rows,
@@ -1164,11 +1138,11 @@ impl Pi0Cuda {
         // same from its fp32 partials).
         let qkv = Gemm::linear(rows, qkvw, w).f32out();
         lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
-        self.rope_kv(s, self.pdl_all, (b.qkv, 1), rows, b, at)?;
+        self.rope_kv(s, false, (b.qkv, 1), rows, b, at)?;
         if kv_only {
             return Ok(());
         }
-        self.attend(s, lt, self.pdl_all, rows, b, at)?;
+        self.attend(s, lt, false, rows, b, at)?;
         // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;

@@ -465,7 +465,6 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
     }
     let heur = heuristic(h, key, desc, (la, lb, ld), ws_bytes)?;
     let pick = study_pick(&g, &heur).unwrap_or_else(|| preferred(&g, &heur));
-    let algo = split_k_override(h, &g, desc, (la, lb, ld), heur[pick], ws_bytes);
     let candidates = if heur.len() > 1 {
         heur.clone()
     } else {
@@ -476,7 +475,7 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
         la,
         lb,
         ld,
-        algo,
+        algo: heur[pick],
         candidates,
         narrow: Vec::new(),
     })
@@ -565,68 +564,6 @@ fn preferred(g: &Gemm, heur: &[ls::cublasLtMatmulAlgo_t]) -> usize {
     heur.iter()
         .position(|a| algo_config(a, CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM) == Ok(2))
         .unwrap_or(0)
-}
-
-/// Study knob for benchmarks: `PI0_LT_DOWN="S:R"` gives the deep GEMMs that `preferred` puts on
-/// split-K (the Gemma MLP down projection) S splits with reduction scheme R (1 in place: the
-/// splits add into the output in a fixed order, counters in the workspace, no reduction
-/// kernel; 2 / 4: a reduction kernel in fp32 / the output type). Kept only when cuBLASLt
-/// accepts the configuration (`cublasLtMatmulAlgoCheck`); the chosen one is printed.
-fn split_k_override(
-    h: &LtHandle,
-    g: &Gemm,
-    desc: ls::cublasLtMatmulDesc_t,
-    (la, lb, ld): (
-        ls::cublasLtMatrixLayout_t,
-        ls::cublasLtMatrixLayout_t,
-        ls::cublasLtMatrixLayout_t,
-    ),
-    algo: ls::cublasLtMatmulAlgo_t,
-    ws_bytes: usize,
-) -> ls::cublasLtMatmulAlgo_t {
-    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
-    let deep = g.k >= 8 * g.n && g.m <= 640 && g.batch <= 1;
-    let Some(spec) = std::env::var("PI0_LT_DOWN").ok().filter(|_| deep) else {
-        return algo;
-    };
-    let Some((splits, scheme)) = spec
-        .split_once(':')
-        .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
-    else {
-        eprintln!("PI0_LT_DOWN={spec}: expected SPLITS:SCHEME, ignored");
-        return algo;
-    };
-    let mut a = algo;
-    // SAFETY: u32 attributes of a local copy of an algorithm; the check only reads.
-    let ok = unsafe {
-        let set = |a: &mut ls::cublasLtMatmulAlgo_t, attr: CA, v: u32| {
-            ls::cublasLtMatmulAlgoConfigSetAttribute(a, attr, &v as *const u32 as *const c_void, 4)
-                == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-        };
-        let mut res: ls::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
-        set(&mut a, CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, splits)
-            && set(&mut a, CA::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, scheme)
-            && ls::cublasLtMatmulAlgoCheck(h.0, desc, la, lb, ld, ld, &a, &mut res)
-                == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-            && res.state == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS
-            && res.workspaceSize <= ws_bytes
-    };
-    eprintln!(
-        "lt study {}x{}x{}: split-K {splits} reduction {scheme} {}",
-        g.m,
-        g.n,
-        g.k,
-        if ok {
-            "taken"
-        } else {
-            "refused, kept the pick"
-        }
-    );
-    if ok {
-        a
-    } else {
-        algo
-    }
 }
 
 /// The matmul descriptor of `g`: transposes, epilogue, bias type, and an SM-count target for
