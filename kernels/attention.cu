@@ -10,6 +10,8 @@
 extern "C" __global__ void softmax_k(const float* __restrict__ s, long long lds,
                                      bf16_t* __restrict__ p, long long ldp, int rows, int len,
                                      int valid, int masked_rows, int masked_len) {
+    pdl_wait();
+    pdl_trigger();
     const int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (r >= rows) return;

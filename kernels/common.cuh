@@ -8,6 +8,18 @@ typedef unsigned long long u64;
 
 #define DEV __device__ __forceinline__
 
+// Programmatic dependent launch: wait for the previous kernel's results / let the next kernel
+// start its prologue. Both are no-ops when the launch did not ask for it. Every kernel that
+// the engine may launch as a programmatic dependent calls pdl_wait() before its first global
+// memory access (read or write), so the launch attribute never changes what it computes.
+#if __CUDA_ARCH__ >= 900
+DEV void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+DEV void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
+#else
+DEV void pdl_wait() {}
+DEV void pdl_trigger() {}
+#endif
+
 DEV float b2f(bf16_t x) { return __uint_as_float(((u32)x) << 16); }
 
 DEV bf16_t f2b(float f) {

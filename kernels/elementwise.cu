@@ -26,6 +26,8 @@ extern "C" __global__ void patchify_k(const bf16_t* __restrict__ img, bf16_t* __
 // Prompt token rows of the fp32 residual stream: embedding x scale (sqrt(width)).
 extern "C" __global__ void embed_k(const int* __restrict__ ids, const bf16_t* __restrict__ table,
                                    float* __restrict__ out, int width, float scale) {
+    pdl_wait();
+    pdl_trigger();
     const size_t id = (size_t)ids[blockIdx.x];
     for (int i = threadIdx.x; i < width; i += blockDim.x)
         out[(size_t)blockIdx.x * width + i] = b2f(table[id * width + i]) * scale;
@@ -34,6 +36,8 @@ extern "C" __global__ void embed_k(const int* __restrict__ ids, const bf16_t* __
 // h = gelu_tanh(gate) * up; gu rows are [gate (F) | up (F)]. 8 outputs per thread.
 extern "C" __global__ void gelu_mul_k(const bf16_t* __restrict__ gu, bf16_t* __restrict__ h,
                                       int rows, int F) {
+    pdl_wait();
+    pdl_trigger();
     const size_t i8 = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * 8;
     const size_t total = (size_t)rows * F;
     if (i8 >= total) return;
@@ -63,6 +67,8 @@ extern "C" __global__ void action_in_k(const float* __restrict__ x_t, const floa
                                        const float* __restrict__ tb, bf16_t* __restrict__ out,
                                        const float* __restrict__ state_row,
                                        float* __restrict__ x0, int A, int E) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float xs[128];
     const int c = blockIdx.x;
     for (int a = threadIdx.x; a < A; a += blockDim.x) xs[a] = x_t[(size_t)c * A + a];
@@ -93,6 +99,8 @@ extern "C" __global__ void state_proj_k(const float* __restrict__ state, const f
 extern "C" __global__ void out_euler_k(const float* __restrict__ x, const float* __restrict__ w,
                                        const float* __restrict__ b, float* __restrict__ x_t,
                                        int E, int A, float eps, float dt) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float row[];
     __shared__ float red[32];
     const int c = blockIdx.x;

@@ -16,6 +16,8 @@ DEV void store4(bf16_t* p, float a, float b, float c, float d) {
 extern "C" __global__ void layernorm_k(const float* __restrict__ x, bf16_t* __restrict__ y,
                                        int width, float eps, const float* __restrict__ gamma,
                                        const float* __restrict__ beta, int rows) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float red[32];
     const int row = blockIdx.x, i = threadIdx.x * 4;
     if (row >= rows) return;

@@ -66,16 +66,6 @@ DEV void mma_16x8x16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
         mma_bf16(c, a0, a1, a2, a3, b0, b1);
 }
 
-// Programmatic dependent launch: wait for the previous kernel's results / let the next kernel
-// start its prologue. Both are no-ops when the launch did not ask for it.
-#if __CUDA_ARCH__ >= 900
-DEV void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-DEV void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::); }
-#else
-DEV void pdl_wait() {}
-DEV void pdl_trigger() {}
-#endif
-
 // Row r of a 128-byte-per-row tile, 16-byte chunk c, XOR-swizzled so that ldmatrix's eight
 // row addresses hit eight different bank groups.
 DEV u32 swz(u32 base, int r, int c) { return base + r * 128 + ((c ^ (r & 7)) << 4); }

@@ -457,19 +457,6 @@ impl Kernels {
         )
     }
 
-    /// Launches kernel `k` on `stream`.
-    pub fn launch(
-        &self,
-        k: K,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        stream: sys::CUstream,
-        args: &[A],
-    ) -> Result<()> {
-        self.launch_ex(k, grid, block, smem, stream, args, false)
-    }
-
     /// Launches kernel `k` on `stream`; with `pdl` as a programmatic dependent launch: it may
     /// start while the previous kernel finishes, and waits for it in `griddepcontrol.wait`
     /// (kernels/skinny.cu), so its independent prologue (weight prefetch) overlaps.

@@ -308,6 +308,30 @@ struct DecoderSlot {
     lt: Mutex<LtCache>,
 }
 
+/// Where every kernel of ours that begins with pdl_wait (norms, RoPE, softmax, GELU·up,
+/// embed, action-in, out/Euler, vision attention) is launched as a programmatic dependent.
+/// H100 (docs/gpu-notes.md v24): on the pipeline's stage streams it took the green 50-50
+/// frame from 11.62 / 11.65 to 11.24 / 11.24 ms, while `forward` on the engine's own stream
+/// lost 0.02-0.05 ms with it, so that stream keeps it to the decoder's weight-GEMM chain.
+/// `PI0_PDL=decoder` / `PI0_PDL=all`: one scope everywhere (comparison knobs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PdlScope {
+    DecoderChain,
+    OtherStreams,
+    AllStreams,
+}
+
+impl PdlScope {
+    /// Whether an enqueue on `stream` takes every kernel (`own`: the engine's stream).
+    fn covers(self, stream: &Arc<CudaStream>, own: &Arc<CudaStream>) -> bool {
+        match self {
+            PdlScope::DecoderChain => false,
+            PdlScope::AllStreams => true,
+            PdlScope::OtherStreams => stream.cu_stream() != own.cu_stream(),
+        }
+    }
+}
+
 /// π0 on one NVIDIA GPU.
 pub struct Pi0Cuda {
     pub(crate) cfg: ModelConfig,
@@ -330,6 +354,9 @@ pub struct Pi0Cuda {
     wstream: Option<WeightStreaming>,
     /// Fused attention kernels (None: cuBLASLt GEMMs around a softmax kernel).
     fused: Option<FusedAttention>,
+    /// Which streams get every kernel of ours that starts with pdl_wait as a programmatic
+    /// dependent (beyond the decoder's weight-GEMM chain, which always is).
+    pdl_scope: PdlScope,
     /// Multiprocessors of the whole device.
     device_sms: usize,
     name: String,
@@ -587,11 +614,18 @@ impl Pi0Cuda {
         }
         let rope_llm = rope_table(kvmax, hd, cfg.llm.rope_max_wavelength)?;
         let rope_exp = rope_table(kvmax, hd, cfg.expert.rope_max_wavelength)?;
+        let pdl_scope = match std::env::var("PI0_PDL").as_deref() {
+            _ if !opts.pdl || major < 9 => PdlScope::DecoderChain,
+            Ok("decoder") => PdlScope::DecoderChain,
+            Ok("all") => PdlScope::AllStreams,
+            _ => PdlScope::OtherStreams,
+        };
         Ok(Pi0Cuda {
             rope_llm,
             rope_exp,
             wstream,
             fused,
+            pdl_scope,
             cfg: cfg.clone(),
             opts,
             d,
@@ -680,16 +714,28 @@ impl Pi0Cuda {
         Ok(h)
     }
 
+    /// Launches one of our kernels; with `pdl_all` (the enqueue's `LtCache::pdl_all`) the ones
+    /// that begin with pdl_wait join the programmatic chain.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         s: sys::CUstream,
+        pdl_all: bool,
         k: K,
         grid: u32,
         block: u32,
         smem: u32,
         args: &[A],
     ) -> Result<()> {
-        self.kernels.launch(k, (grid, 1, 1), block, smem, s, args)
+        // These kernels begin with pdl_wait (kernels/common.cuh), so they may join the
+        // programmatic chain: each launches while the kernel before it drains.
+        let pdl = pdl_all
+            && matches!(
+                k,
+                K::LayerNorm | K::Softmax | K::Embed | K::GeluMul | K::ActionIn | K::OutEuler
+            );
+        self.kernels
+            .launch_ex(k, (grid, 1, 1), block, smem, s, args, pdl)
     }
 
     // ------------------------------------------------------------------ inputs / outputs
@@ -853,6 +899,7 @@ impl Pi0Cuda {
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
         lt.sm_target = self.partition_sms(stream);
+        lt.pdl_all = self.pdl_scope.covers(stream, &self.stream);
         nvtx::range_push!("encoder");
         nvtx::range_push!("vision");
         let r = self.vision(s, p, lt, nv);
@@ -868,6 +915,7 @@ impl Pi0Cuda {
     }
 
     fn vision(&self, s: sys::CUstream, p: &PrefixSlot, lt: &mut LtCache, nv: usize) -> Result<()> {
+        let pdl = lt.pdl_all;
         let v = &self.cfg.vision;
         let (wv, fv, hv, dv) = (v.width, v.mlp_dim, v.num_heads, v.head_dim);
         let tpv = self.d.tpv;
@@ -879,6 +927,7 @@ impl Pi0Cuda {
         let bf = 2u64;
         self.launch(
             s,
+            false,
             K::Patchify,
             t as u32,
             256,
@@ -907,6 +956,7 @@ impl Pi0Cuda {
         let ln = |x: u64, y: u64, g: u64, b: u64| {
             self.launch(
                 s,
+                pdl,
                 K::LayerNorm,
                 t as u32,
                 row_threads(wv),
@@ -943,7 +993,7 @@ impl Pi0Cuda {
                     &self.kernels,
                     s,
                     fa,
-                    false,
+                    pdl,
                     &AttentionProblem {
                         q: (p.qkv_v.ptr, row, tpv * row, dv),
                         k: p.qkv_v.ptr + wv as u64 * bf,
@@ -974,7 +1024,7 @@ impl Pi0Cuda {
                     lt.matmul(h, s, g, q0, q0 + (wv as u64) * bf, sptr, 0, scale)?;
                 }
                 let rows = nv * hv * tpv;
-                self.softmax(s, (p.s_v.ptr, p.p_v.ptr), rows, tpv, tpv, (0, 0))?;
+                self.softmax(s, pdl, (p.s_v.ptr, p.p_v.ptr), rows, tpv, tpv, (0, 0))?;
                 for view in 0..nv {
                     let v0 = p.qkv_v.ptr + (view * tpv * 3 * wv + 2 * wv) as u64 * bf;
                     let pptr = p.p_v.ptr + (view * hv * tpv * tpv) as u64 * bf;
@@ -1053,6 +1103,7 @@ impl Pi0Cuda {
         if ntok > 0 {
             self.launch(
                 s,
+                lt.pdl_all,
                 K::Embed,
                 ntok as u32,
                 256,
@@ -1121,10 +1172,11 @@ impl Pi0Cuda {
         let handle = self.lt_handle()?;
         let h = &*handle;
         let eps = g.rms_norm_eps;
+        let pdl = lt.pdl_all;
         let rms = |scale: u64| {
             self.resid_rms(
                 s,
-                false,
+                pdl,
                 b.x,
                 (0, 0),
                 rows,
@@ -1138,11 +1190,11 @@ impl Pi0Cuda {
         // same from its fp32 partials).
         let qkv = Gemm::linear(rows, qkvw, w).f32out();
         lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
-        self.rope_kv(s, false, (b.qkv, 1), rows, b, at)?;
+        self.rope_kv(s, pdl, (b.qkv, 1), rows, b, at)?;
         if kv_only {
             return Ok(());
         }
-        self.attend(s, lt, false, rows, b, at)?;
+        self.attend(s, lt, pdl, rows, b, at)?;
         // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
@@ -1152,6 +1204,7 @@ impl Pi0Cuda {
         let n8 = (rows * f).div_ceil(8);
         self.launch(
             s,
+            lt.pdl_all,
             K::GeluMul,
             n8.div_ceil(256) as u32,
             256,
@@ -1270,7 +1323,7 @@ impl Pi0Cuda {
             1.0 / (hd as f32).sqrt(),
         )?;
         let mask = (at.mask_heads, at.mask_keys);
-        self.softmax(s, (b.s, b.p), qr, lds, at.keys, mask)?;
+        self.softmax(s, pdl, (b.s, b.p), qr, lds, at.keys, mask)?;
         lt.matmul(
             h,
             s,
@@ -1290,9 +1343,11 @@ impl Pi0Cuda {
     /// stride of both the scores and the bf16 probabilities) into `sp` = (scores, probs):
     /// rows see `valid` keys, the first `mask.0` rows only `mask.1`; keys past that up to
     /// `len` get probability 0.
+    #[allow(clippy::too_many_arguments)]
     fn softmax(
         &self,
         s: sys::CUstream,
+        pdl: bool,
         sp: (u64, u64),
         rows: usize,
         len: usize,
@@ -1301,6 +1356,7 @@ impl Pi0Cuda {
     ) -> Result<()> {
         self.launch(
             s,
+            pdl,
             K::Softmax,
             rows.div_ceil(4) as u32,
             128,
@@ -1348,6 +1404,7 @@ impl Pi0Cuda {
         let mut lt = ds.lt.lock().unwrap();
         let lt = &mut *lt;
         lt.sm_target = self.partition_sms(stream);
+        lt.pdl_all = self.pdl_scope.covers(stream, &self.stream);
         nvtx::range_push!("decoder");
         let r = self.decoder(s, p, ds, lt, pl, c);
         nvtx::range_pop!();
@@ -1390,6 +1447,7 @@ impl Pi0Cuda {
         }
         self.launch(
             s,
+            false,
             K::StateProj,
             1,
             256,
@@ -1425,6 +1483,7 @@ impl Pi0Cuda {
             nvtx::range_push!("flow step {}", step);
             self.launch(
                 s,
+                lt.pdl_all,
                 K::ActionIn,
                 c as u32,
                 256,
@@ -1476,6 +1535,7 @@ impl Pi0Cuda {
             }
             self.launch(
                 s,
+                lt.pdl_all,
                 K::OutEuler,
                 c as u32,
                 256,

@@ -223,6 +223,9 @@ pub struct LtCache {
     /// SMs the stream of the next calls is confined to (None: the whole GPU). Set by the
     /// engine per stage enqueue.
     pub sm_target: Option<u32>,
+    /// Set per enqueue, like `sm_target`: whether every kernel of ours in it joins the
+    /// programmatic-launch chain (`PdlScope` in engine.rs).
+    pub pdl_all: bool,
     scratch: Option<super::device::DBuf>,
 }
 // SAFETY: descriptors are only touched under the owning slot's lock.
@@ -244,6 +247,7 @@ impl LtCache {
             workspace_bytes,
             autotune: false,
             sm_target: None,
+            pdl_all: false,
             scratch: None,
         }
     }

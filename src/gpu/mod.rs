@@ -53,8 +53,9 @@ pub struct GpuOptions {
     /// Decoder weight GEMMs through the weight-streaming kernel (kernels/skinny.cu); false:
     /// cuBLASLt (the reference path; also used for shapes the kernel does not cover).
     pub weight_streaming: bool,
-    /// Programmatic dependent launches for the decoder's own kernels (Hopper and newer): the
-    /// next kernel prefetches its weights while the previous one finishes.
+    /// Programmatic dependent launches (Hopper and newer): the decoder's weight GEMMs prefetch
+    /// their first weight tiles while the kernel before them finishes; on streams other than
+    /// the engine's own (the partitioned pipeline's) every kernel of ours joins the chain.
     pub pdl: bool,
     /// Vision attention as one fused kernel (kernels/flash.cu) instead of QKᵀ GEMM → softmax →
     /// P·V GEMM on cuBLASLt (the reference path; also used for head dims the kernel lacks).
