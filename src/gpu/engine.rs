@@ -1323,7 +1323,10 @@ impl Pi0Cuda {
             1.0 / (hd as f32).sqrt(),
         )?;
         let mask = (at.mask_heads, at.mask_keys);
-        self.softmax(s, pdl, (b.s, b.p), qr, lds, at.keys, mask)?;
+        // The enqueue's scope, not `pdl` (the decoder chain's flag): on `forward`'s own stream
+        // the softmax stays an ordinary launch, as timed there in docs/gpu-notes.md v24 (with
+        // every kernel programmatic the decoder measured 0.017 ms slower).
+        self.softmax(s, lt.pdl_all, (b.s, b.p), qr, lds, at.keys, mask)?;
         lt.matmul(
             h,
             s,
