@@ -459,7 +459,7 @@ impl Kernels {
 
     /// Launches kernel `k` on `stream`; with `pdl` as a programmatic dependent launch: it may
     /// start while the previous kernel finishes, and waits for it in `griddepcontrol.wait`
-    /// (kernels/skinny.cu), so its independent prologue (weight prefetch) overlaps.
+    /// (kernels/common.cuh), so its independent prologue (weight prefetch) overlaps.
     #[allow(clippy::too_many_arguments)]
     pub fn launch_ex(
         &self,

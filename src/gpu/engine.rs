@@ -927,7 +927,7 @@ impl Pi0Cuda {
         let bf = 2u64;
         self.launch(
             s,
-            false,
+            pdl,
             K::Patchify,
             t as u32,
             256,
@@ -1450,7 +1450,7 @@ impl Pi0Cuda {
         }
         self.launch(
             s,
-            false,
+            lt.pdl_all,
             K::StateProj,
             1,
             256,
