@@ -25,7 +25,13 @@ typedef unsigned long long u64;
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
 #define DEV __device__ __forceinline__
 
-const int S = 16;          // CTAs per cluster
+#ifndef S
+#define S 16               // CTAs per cluster
+#endif
+#ifndef NC
+#define NC 1               // clusters (each CTA takes 1 / (S * NC) of every GEMM's tiles)
+#endif
+const int G = S * NC;      // CTAs
 #ifndef CW
 #define CW 8               // consumer warps: 4 (32 weight rows x 64 tokens each) or 8 (x 32 tokens)
 #endif
@@ -40,10 +46,12 @@ const int NP = 4 * 4 / CW; // 16-token pairs per warp
 const int TILE = 16384;    // bytes per weight tile
 const int XT = 8192;       // bytes per X tile
 const int LAYERS = 18, STEPS = 10;
-// tiles per CTA per GEMM (q|k|v, O, gate|up, down) and the GEMMs' K (for the X slices)
-__constant__ int g_tiles[4] = {20, 16, 64, 32};
+// tiles per CTA per GEMM (q|k|v 320, O 256, gate|up 1024, down 512 tiles of the expert layer,
+// rounded up) and the GEMMs' K (for the X slices)
+#define TPC(n) (((n) + G - 1) / G)
+__constant__ int g_tiles[4] = {TPC(320), TPC(256), TPC(1024), TPC(512)};
 __constant__ int g_k[4] = {1024, 2048, 1024, 4096};
-const int TILES_PER_LAYER = 20 + 16 + 64 + 32;
+const int TILES_PER_LAYER = TPC(320) + TPC(256) + TPC(1024) + TPC(512);
 
 DEV u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 DEV void mbar_init(u32 b, int n) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(b), "r"(n)); }
@@ -118,6 +126,18 @@ DEV void tile_mma(u32 sw, u32 sx, float (&acc)[2][2 * NP][4]) {
             }
 }
 
+// Grid-wide barrier among the consumer warps of all CTAs (every CTA resident: one wave).
+DEV void consumer_grid_barrier(unsigned* ctr, u32& n) {
+    asm volatile("bar.sync 1, %0;" ::"r"(CT) : "memory");
+    n++;
+    if (threadIdx.x == 0) {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ctr) : "memory");
+        unsigned v, target = n * gridDim.x;
+        do { asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ctr) : "memory"); } while (v < target);
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(CT) : "memory");
+}
+
 // Placeholder phase: each consumer thread reads `rd` bytes (16 B loads, all issued before
 // use) from `src` and writes `wr` bytes to `dst` (this CTA's slices).
 DEV void rw_phase(const uint4* src, uint4* dst, int rd, int wr, u32& sink) {
@@ -136,6 +156,7 @@ struct Args {
     float* part;         // GEMM outputs (per CTA 128 x 64 fp32 per unit)
     uint4* scratch;      // placeholder phases
     u32* sink;
+    unsigned* gbar;      // grid barrier counter (zeroed before each launch)
     int mode;            // 0: full skeleton; 1: GEMMs and barriers only; 2: GEMMs only (no barriers);
                          // 3: the weight stream only (consumers wait for each tile and free it);
                          // 4: GEMMs only with X never loaded (the arithmetic and the stream)
@@ -163,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(CT + 32, 1) clusterdec_k(Args a) {
                 const int slot = g % NW;
                 if (g >= NW) mbar_wait(smem_u32(&empty[slot]), ((g / NW) - 1) & 1);
                 const int layer = (g / TILES_PER_LAYER) % LAYERS, t = g % TILES_PER_LAYER;
-                const char* src = a.w + (((size_t)layer * S + blockIdx.x % S) * TILES_PER_LAYER + t) * TILE;
+                const char* src = a.w + (((size_t)layer * G + blockIdx.x) * TILES_PER_LAYER + t) * TILE;
                 const u32 b = smem_u32(&full[slot]);
                 asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(TILE) : "memory");
                 asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
@@ -185,21 +206,26 @@ extern "C" __global__ void __launch_bounds__(CT + 32, 1) clusterdec_k(Args a) {
         if (sink == 0x9e3779b9u) a.sink[0] = sink;
         return;
     }
+    u32 gphase = 0;
     auto barrier = [&]() { if (a.mode < 2) consumer_cluster_barrier(cbar, cphase); };
+    // the links that need every cluster's data: after O (head partials) and after down
+    auto grid_barrier = [&]() { if (a.mode < 2) consumer_grid_barrier(a.gbar, gphase); };
+    const int heads = 8 / NC > 0 ? 8 / NC : 1;  // heads per cluster
     for (int pass = 0; pass < STEPS * LAYERS; pass++) {
         for (int gemm = 0; gemm < 4; gemm++) {
             if (a.mode == 0) {
                 // placeholder for the phase before this GEMM: norm (read partials, write xn),
                 // RoPE (read partials, write q/k/v), attention (read q + K/V, mma), norm.
-                if (gemm == 0 || gemm == 2) rw_phase(a.scratch, a.scratch + (1 << 20), 32768, 8192, sink);
+                // norm: this CTA's 1/S of the rows: the residual and NC partials (13 KB each)
+                if (gemm == 0 || gemm == 2) rw_phase(a.scratch, a.scratch + (1 << 20), (1 + NC) * 13312, 8192, sink);
                 if (gemm == 1) {
-                    rw_phase(a.scratch, a.scratch + (1 << 20), 32768, 16384, sink);  // RoPE
+                    rw_phase(a.scratch, a.scratch + (1 << 20), 16384, 8192, sink);  // RoPE
                     barrier();
-                    // attention share: q of one head (26 KB) + K/V of half the keys (150 KB) from
-                    // L2, then 15 MFLOP of mma on shared memory
-                    rw_phase(a.scratch, a.scratch + (1 << 20), 176128, 0, sink);
+                    // attention: the cluster's heads' q (26 KB each) + 1/S of the keys' K/V
+                    // (37 KB), then 30 MFLOP per head split over S CTAs on the tensor cores
+                    rw_phase(a.scratch, a.scratch + (1 << 20), heads * 26624 + 37888, 0, sink);
                     float acc[2][2 * NP][4] = {};
-                    for (int it = 0; it < 14; it++) tile_mma(attn_base, attn_base, acc);
+                    for (int it = 0; it < heads * 30 / S + 1; it++) tile_mma(attn_base, attn_base, acc);
                     sink ^= __float_as_uint(acc[0][0][0]);
                 }
                 barrier();
@@ -250,7 +276,7 @@ extern "C" __global__ void __launch_bounds__(CT + 32, 1) clusterdec_k(Args a) {
                 }
             }
             cp_wait<0>();
-            barrier();
+            if (gemm == 1 || gemm == 3) grid_barrier(); else barrier();
         }
     }
     // no CTA may exit while others may still arrive on its barrier
@@ -259,7 +285,7 @@ extern "C" __global__ void __launch_bounds__(CT + 32, 1) clusterdec_k(Args a) {
 }
 
 int main() {
-    size_t wbytes = (size_t)LAYERS * S * TILES_PER_LAYER * TILE;  // 600 MB
+    size_t wbytes = (size_t)LAYERS * G * TILES_PER_LAYER * TILE;  // ~600 MB
     char* w;
     CK(cudaMalloc(&w, wbytes));
     CK(cudaMemset(w, 0x3c, wbytes));
@@ -267,12 +293,14 @@ int main() {
     CK(cudaMalloc(&x, 64 * 4096 * 2));
     CK(cudaMemset(x, 0x3c, 64 * 4096 * 2));
     float* part;
-    CK(cudaMalloc(&part, (size_t)S * 16 * 128 * 64 * 4));
+    CK(cudaMalloc(&part, (size_t)G * 16 * 128 * 64 * 4));
     uint4* scratch;
     CK(cudaMalloc(&scratch, 64 << 20));
     CK(cudaMemset(scratch, 0, 64 << 20));
     u32* sink;
     CK(cudaMalloc(&sink, 4));
+    unsigned* gbar;
+    CK(cudaMalloc(&gbar, 4));
     int smem = NW * TILE + XD * XT + 16384;
     CK(cudaFuncSetAttribute(clusterdec_k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     CK(cudaFuncSetAttribute(clusterdec_k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
@@ -285,25 +313,34 @@ int main() {
     cfg.attrs = at;
     cfg.numAttrs = 1;
     cfg.blockDim = dim3(CT + 32);
-    cfg.gridDim = dim3(S);
-    // CLUSTER=0: the same 16 CTAs launched without a cluster (modes 2 and 3 only), spread over GPCs
+    cfg.gridDim = dim3(G);
+    cfg.dynamicSmemBytes = smem;
+    // CLUSTER=0: the same CTAs launched without clusters (modes 2-4 only), spread over GPCs
     const char* ce = getenv("CLUSTER");
     const bool clustered = !(ce && ce[0] == '0');
+    int maxc = 0;
+    CK(cudaOccupancyMaxActiveClusters(&maxc, clusterdec_k, &cfg));
     if (!clustered) cfg.numAttrs = 0;
-    cfg.dynamicSmemBytes = smem;
+    printf("%d cluster(s) of %d CTAs (at most %d resident), %d consumer warps, weight ring %d x 16 KB, X ring %d x 8 KB, "
+           "%d tiles per CTA per layer pass, %d layer passes\n", NC, S, maxc, CW, NW, XD, TILES_PER_LAYER, STEPS * LAYERS);
+    if (clustered && maxc < NC) {
+        printf("not all clusters fit at once: the grid barriers would deadlock; skipped\n");
+        return 0;
+    }
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    const char* names[] = {"full skeleton (GEMMs + placeholder phases, 9 cluster barriers per layer)",
-                           "GEMMs + 4 cluster barriers per layer", "GEMMs only, no barriers",
+    const char* names[] = {"full skeleton (GEMMs + placeholder phases; per layer 2 grid links + 7 cluster links)",
+                           "GEMMs + 2 grid links + 2 cluster links per layer", "GEMMs only, no barriers",
                            "weight stream only", "GEMMs only, X never loaded"};
-    printf("one cluster of %d CTAs, %d consumer warps, weight ring %d x 16 KB, X ring %d x 8 KB, %d layer passes, 33 MB of weights each\n", S, CW, NW, XD, STEPS * LAYERS);
-    printf("| variant | decoder ms | us per layer pass | weight GB/s |\n|---|---|---|---|\n");
-    printf("(%s)\n", clustered ? "one cluster" : "no cluster: 16 independent CTAs");
+    printf("(%s)\n| variant | decoder ms | us per layer pass | weight GB/s |\n|---|---|---|---|\n",
+           clustered ? "clusters" : "no clusters: independent CTAs");
     for (int mode = clustered ? 0 : 2; mode < 5; mode++) {
-        Args a{w, x, part, scratch, sink, mode};
+        Args a{w, x, part, scratch, sink, gbar, mode};
+        CK(cudaMemset(gbar, 0, 4));
         CK(cudaLaunchKernelEx(&cfg, clusterdec_k, a));
         CK(cudaDeviceSynchronize());
+        CK(cudaMemset(gbar, 0, 4));
         CK(cudaEventRecord(e0));
         CK(cudaLaunchKernelEx(&cfg, clusterdec_k, a));
         CK(cudaEventRecord(e1));
