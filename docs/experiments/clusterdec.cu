@@ -1,18 +1,20 @@
-// Skeleton of a persistent cluster decoder (docs/gpu-notes.md, "What a cluster link costs"):
-// the action expert's 18 layers x 10 flow steps as ONE kernel on one thread-block cluster of
-// 16 CTAs (one per SM), timed with the real weight bytes and GEMM arithmetic but placeholder
-// data movement between the GEMMs. Answers: how long is a layer pass when the dependent steps
-// are cluster barriers and the weight stream never waits for data?
+// Skeleton of a persistent cluster decoder (docs/gpu-notes.md, "What a cluster link costs" and
+// "What is left, as of v27"): the action expert's 18 layers x 10 flow steps as ONE kernel on
+// NC thread-block clusters of S CTAs (one per SM), timed with the real weight bytes and GEMM
+// arithmetic but placeholder data movement between the GEMMs. Answers: how long is a layer
+// pass when the dependent steps are cluster barriers (plus, across clusters, two grid-wide
+// links per layer) and the weight stream never waits for data?
 //
-// Per CTA: warps 0-3 compute (mma.sync m16n8k16, weights on the M side as in kernels/skinny.cu,
-// 64 token rows), warp 4 streams the CTA's weight tiles (16 KB, 128 rows x 64 k) through an
-// NW-deep ring with bulk copies, in the order the layer consumes them, across GEMM and layer
-// boundaries (it waits only for free ring slots). The token-row operand X comes per tile from
-// global memory (L2) by cp.async. Per layer: q|k|v (20 tiles per CTA), O (16), gate|up (64),
-// down (32): 2.06 MB per CTA = 33 MB per layer, as the expert. Between the GEMMs: cluster
-// barriers around placeholder phases (norm, RoPE, attention, norm) that read and write what
-// those phases would, with the attention's arithmetic as mma.sync on shared memory.
-// Build and run on the GPU machine:
+// Per CTA: CW consumer warps compute (mma.sync m16n8k16, weights on the M side as in
+// kernels/skinny.cu, 64 token rows), one more warp streams the CTA's weight tiles (16 KB,
+// 128 rows x 64 k) through an NW-deep ring with bulk copies, in the order the layer consumes
+// them, across GEMM and layer boundaries (it waits only for free ring slots). The token-row
+// operand X comes per tile from global memory (L2) by cp.async. Per layer the CTAs share the
+// expert's q|k|v (320 tiles), O (256), gate|up (1024) and down (512) tiles: 33 MB per layer.
+// Between the GEMMs: barriers around placeholder phases (norm, RoPE, attention, norm) that
+// read and write what those phases would, with the attention's arithmetic as mma.sync on
+// shared memory.
+// Build and run on the GPU machine (-DCW=4|8, -DS=cluster size, -DNC=clusters, -DNW, -DXD):
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o cd clusterdec.cu && ./cd
 #include <cooperative_groups.h>
 #include <cstdio>
@@ -33,7 +35,7 @@ typedef unsigned long long u64;
 #endif
 const int G = S * NC;      // CTAs
 #ifndef CW
-#define CW 8               // consumer warps: 4 (32 weight rows x 64 tokens each) or 8 (x 32 tokens)
+#define CW 4               // consumer warps: 4 (32 weight rows x 64 tokens each) or 8 (x 32 tokens)
 #endif
 const int CT = CW * 32;    // consumer threads
 const int NP = 4 * 4 / CW; // 16-token pairs per warp
