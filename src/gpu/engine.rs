@@ -495,6 +495,7 @@ impl Pi0Cuda {
                 // PI0_WGEMM_CTAS: a tuning knob for benchmarks.
                 target_ctas: env_usize("PI0_WGEMM_CTAS")
                     .unwrap_or_else(|| super::skinny::target_ctas(sms)),
+                partition_target_ctas: env_usize("PI0_WGEMM_CTAS_PART"),
                 pdl: opts.pdl && major >= 9,
                 partition_sms: None,
                 // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
@@ -1476,12 +1477,10 @@ impl Pi0Cuda {
             gu: ds.gu.ptr,
             h: ds.h.ptr,
         };
-        // On an SM partition the weight GEMMs may take their shallow-ring variant (results
-        // unchanged).
-        let wstream = self.wstream.map(|w| WeightStreaming {
-            partition_sms: lt.sm_target.filter(|_| w.shallow_ring).map(|n| n as usize),
-            ..w
-        });
+        // On an SM partition the weight GEMMs aim for that partition's CTA count.
+        let wstream = self
+            .wstream
+            .map(|w| w.on_partition(lt.sm_target.map(|n| n as usize)));
         for step in 0..self.cfg.num_steps {
             nvtx::range_push!("flow step {}", step);
             self.launch(

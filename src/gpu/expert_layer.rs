@@ -12,8 +12,12 @@ use crate::gpu::skinny;
 /// Weight-streaming settings fixed at engine construction.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct WeightStreaming {
-    /// CTAs each weight GEMM aims for (split-K grows until reached).
+    /// CTAs each weight GEMM aims for on the whole GPU (split-K grows until reached).
     pub target_ctas: usize,
+    /// The same on an SM partition, when set by `PI0_WGEMM_CTAS_PART` (a benchmark knob);
+    /// otherwise `skinny::target_ctas` of the partition's SMs. Never above `target_ctas`, which
+    /// sized the partial-sum buffers.
+    pub partition_target_ctas: Option<usize>,
     /// Programmatic dependent launches for these kernels.
     pub pdl: bool,
     /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
@@ -24,6 +28,30 @@ pub(super) struct WeightStreaming {
     pub sm_smem: usize,
     /// Weight tiles streamed with an L2 evict-first policy.
     pub evict_first: bool,
+}
+
+impl WeightStreaming {
+    /// The settings for a decoder enqueued on a stream with `partition_sms` SMs (None: the
+    /// whole GPU). On a partition the split-K target follows the SMs the stream has: aiming
+    /// for the whole GPU's CTA count there doubles the fp32 partials every GEMM writes and
+    /// rereads, and that traffic slows the encoder running beside it (the pipeline's frame)
+    /// more than the extra CTAs speed the decoder. The splits change, so results differ from
+    /// the whole GPU's in the last bits.
+    pub fn on_partition(self, partition_sms: Option<usize>) -> Self {
+        let Some(sms) = partition_sms else {
+            return self;
+        };
+        let target = self
+            .partition_target_ctas
+            .unwrap_or_else(|| skinny::target_ctas(sms))
+            .clamp(1, self.target_ctas);
+        WeightStreaming {
+            target_ctas: target,
+            // The shallow ring (same splits, same arithmetic) where only it fits one wave.
+            partition_sms: self.shallow_ring.then_some(sms),
+            ..self
+        }
+    }
 }
 
 impl Pi0Cuda {
@@ -183,5 +211,71 @@ impl Pi0Cuda {
             })
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole_h100() -> WeightStreaming {
+        WeightStreaming {
+            target_ctas: skinny::target_ctas(132),
+            partition_target_ctas: None,
+            pdl: true,
+            partition_sms: None,
+            shallow_ring: true,
+            sm_smem: 233_472,
+            evict_first: true,
+        }
+    }
+
+    fn splits(ws: &WeightStreaming, n: usize, k: usize) -> usize {
+        skinny::plan(51, n, k, ws.target_ctas, skinny::Operands::Bf16).splits
+    }
+
+    #[test]
+    fn the_whole_gpu_keeps_its_plan() {
+        let w = whole_h100();
+        let same = w.on_partition(None);
+        assert_eq!(same.target_ctas, w.target_ctas);
+        assert_eq!(same.partition_sms, None);
+    }
+
+    #[test]
+    fn a_partition_aims_for_its_own_sms() {
+        let w = whole_h100();
+        let half = w.on_partition(Some(64));
+        assert_eq!(half.target_ctas, skinny::target_ctas(64));
+        assert_eq!(half.partition_sms, Some(64));
+        // The expert's down projection (1024 × 4096): half the split-K partials of the whole
+        // GPU's plan, one CTA per SM of the partition.
+        assert_eq!(splits(&w, 1024, 4096), 16);
+        assert_eq!(splits(&half, 1024, 4096), 8);
+        // Without the shallow ring the grid is not refitted, but the target still follows.
+        let deep = WeightStreaming {
+            shallow_ring: false,
+            ..w
+        }
+        .on_partition(Some(64));
+        assert_eq!(
+            (deep.target_ctas, deep.partition_sms),
+            (half.target_ctas, None)
+        );
+    }
+
+    #[test]
+    fn an_override_never_exceeds_what_the_buffers_were_sized_for() {
+        let w = WeightStreaming {
+            partition_target_ctas: Some(1000),
+            ..whole_h100()
+        };
+        assert_eq!(w.on_partition(Some(64)).target_ctas, w.target_ctas);
+        let w = WeightStreaming {
+            partition_target_ctas: Some(32),
+            ..whole_h100()
+        };
+        assert_eq!(w.on_partition(Some(64)).target_ctas, 32);
+        assert_eq!(splits(&w.on_partition(Some(64)), 1024, 4096), 4);
     }
 }
