@@ -151,13 +151,16 @@ DEV void wg_load_x(u32 sx, const bf16_t* __restrict__ X, int ldx, int rows, int 
 // (else bf16).
 template <int NTP, int ST, bool F16>
 DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,
-                    float* __restrict__ part, int N, int rows, int kps, int evict_first) {
+                    float* __restrict__ part, int N, int rows, int evict_first) {
     extern __shared__ __align__(128) unsigned char wg_smem[];
     const int XR = NTP * 8;
     const u32 stage_bytes = (WG_BN + XR) * 128;
     const u32 base = smem_u32(wg_smem), bars = base + ST * stage_bytes;
-    const int split = blockIdx.y;
-    const int kbeg = split * kps, nk = kps / WG_BK;
+    // Split blockIdx.y of gridDim.y takes k tiles [b0, b1): any split count, the tile counts of
+    // two splits differing by at most one (a count dividing K / 64 gives equal ranges).
+    const int split = blockIdx.y, kt_all = K / WG_BK;
+    const int b0 = split * kt_all / gridDim.y, b1 = (split + 1) * kt_all / gridDim.y;
+    const int kbeg = b0 * WG_BK, nk = b1 - b0;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // This CTA's tiles: band blockIdx.x, k tiles kbeg/64 .. + nk.
     const bf16_t* wt = W + ((size_t)blockIdx.x * (K / WG_BK) + kbeg / WG_BK) * WG_TILE;
@@ -252,8 +255,8 @@ DEV void wgemm_body(const bf16_t* __restrict__ X, int ldx, const bf16_t* __restr
 #define WGEMM(NTP, ST, F16, NAME)                                                              \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const bf16_t* __restrict__ X, int ldx, const bf16_t* __restrict__ W, int K,            \
-        float* __restrict__ part, int N, int rows, int kps, int evict_first) {                 \
-        wgemm_body<NTP, ST, F16>(X, ldx, W, K, part, N, rows, kps, evict_first);               \
+        float* __restrict__ part, int N, int rows, int evict_first) {                          \
+        wgemm_body<NTP, ST, F16>(X, ldx, W, K, part, N, rows, evict_first);                    \
     }
 WGEMM(2, 4, false, wgemm_t2_k)
 WGEMM(4, 4, false, wgemm_t4_k)

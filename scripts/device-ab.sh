@@ -22,7 +22,7 @@ fi
 row() {  # the lines of one variant's log worth keeping
   local log=$1
   if [ "$BENCH" = partition ]; then
-    grep -E "^\| (forward sequential \||forward concurrent|partitioned concurrent 50-50)|^acceptance" "$log" | tr '\n' ' '
+    grep -E "^\| (forward sequential \||forward concurrent|partitioned concurrent 50-50|sweep )|^acceptance" "$log" | tr '\n' ' '
   else
     local main part
     main=$(grep -E '^\| [0-9]+ \| [0-9]+ \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| ' "$log" | head -1)
@@ -36,7 +36,7 @@ for spec in "$@"; do
   name="${spec%%:*}"; envs="${spec#*:}"
   log="$O/b_$name.log"
   if [ "$BENCH" = partition ]; then
-    env $envs "$B/pi0-bench-partition" --engine pi0 --iterations "${ITERS:-100}" > "$log" 2>&1
+    env $envs "$B/pi0-bench-partition" --engine pi0 --iterations "${ITERS:-100}" ${PARGS:-} > "$log" 2>&1
   else
     env $envs "$B/pi0-bench" --configs "${CONFIGS:-2x20x50}" --iterations "${ITERS:-200}" > "$log" 2>&1
   fi

@@ -492,10 +492,14 @@ impl Pi0Cuda {
             .unwrap_or(132) as usize;
         let wstream = streaming.then(|| {
             WeightStreaming {
-                // PI0_WGEMM_CTAS: a tuning knob for benchmarks.
-                target_ctas: env_usize("PI0_WGEMM_CTAS")
-                    .unwrap_or_else(|| super::skinny::target_ctas(sms)),
-                partition_target_ctas: env_usize("PI0_WGEMM_CTAS_PART"),
+                // PI0_WGEMM_SMS, PI0_WGEMM_SMS_PART, PI0_WGEMM_SPLITS: benchmark knobs.
+                plan_sms: env_usize("PI0_WGEMM_SMS").unwrap_or(sms),
+                partition_plan_sms: env_usize("PI0_WGEMM_SMS_PART"),
+                // Balanced measured slower on the whole GPU (docs/gpu-notes.md v29).
+                rule: match std::env::var("PI0_WGEMM_SPLITS").as_deref() {
+                    Ok("balanced") => super::skinny::SplitRule::Balanced,
+                    _ => super::skinny::SplitRule::Pow2,
+                },
                 pdl: opts.pdl && major >= 9,
                 partition_sms: None,
                 // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
@@ -899,7 +903,17 @@ impl Pi0Cuda {
         let s = stream.cu_stream();
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
-        lt.sm_target = self.partition_sms(stream);
+        // PI0_LT_ENC_SMS="68=60,76=64": study knob, the encoder's cuBLASLt SM target on a
+        // partition of that many SMs.
+        lt.sm_target = self.partition_sms(stream).map(|n| {
+            std::env::var("PI0_LT_ENC_SMS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim().parse() == Ok(n))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(n)
+        });
         lt.pdl_all = self.pdl_scope.covers(stream, &self.stream);
         nvtx::range_push!("encoder");
         nvtx::range_push!("vision");

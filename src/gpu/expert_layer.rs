@@ -12,12 +12,13 @@ use crate::gpu::skinny;
 /// Weight-streaming settings fixed at engine construction.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct WeightStreaming {
-    /// CTAs each weight GEMM aims for on the whole GPU (split-K grows until reached).
-    pub target_ctas: usize,
-    /// The same on an SM partition, when set by `PI0_WGEMM_CTAS_PART` (a benchmark knob);
-    /// otherwise `skinny::target_ctas` of the partition's SMs. Never above `target_ctas`, which
-    /// sized the partial-sum buffers.
-    pub partition_target_ctas: Option<usize>,
+    /// SMs the weight GEMMs' split-K plans spread over: the whole GPU's (`PI0_WGEMM_SMS`
+    /// overrides), or on a partition its own (`PI0_WGEMM_SMS_PART` overrides; never above the
+    /// whole GPU's, for which the partial-sum buffers were sized).
+    pub plan_sms: usize,
+    pub partition_plan_sms: Option<usize>,
+    /// How the split counts are chosen (`PI0_WGEMM_SPLITS=balanced`: the study rule).
+    pub rule: skinny::SplitRule,
     /// Programmatic dependent launches for these kernels.
     pub pdl: bool,
     /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
@@ -32,21 +33,21 @@ pub(super) struct WeightStreaming {
 
 impl WeightStreaming {
     /// The settings for a decoder enqueued on a stream with `partition_sms` SMs (None: the
-    /// whole GPU). On a partition the split-K target follows the SMs the stream has: aiming
-    /// for the whole GPU's CTA count there doubles the fp32 partials every GEMM writes and
-    /// rereads, and that traffic slows the encoder running beside it (the pipeline's frame)
-    /// more than the extra CTAs speed the decoder. The splits change, so results differ from
-    /// the whole GPU's in the last bits.
+    /// whole GPU). On a partition the split-K plans follow the SMs the stream has: planning
+    /// for the whole GPU there doubles the fp32 partials every GEMM writes and rereads, and
+    /// that traffic slows the encoder running beside it (the pipeline's frame) more than the
+    /// extra CTAs speed the decoder. The splits change, so results differ from the whole
+    /// GPU's in the last bits.
     pub fn on_partition(self, partition_sms: Option<usize>) -> Self {
         let Some(sms) = partition_sms else {
             return self;
         };
-        let target = self
-            .partition_target_ctas
-            .unwrap_or_else(|| skinny::target_ctas(sms))
-            .clamp(1, self.target_ctas);
+        let plan_sms = self
+            .partition_plan_sms
+            .unwrap_or(sms)
+            .clamp(1, self.plan_sms);
         WeightStreaming {
-            target_ctas: target,
+            plan_sms,
             // The shallow ring (same splits, same arithmetic) where only it fits one wave.
             partition_sms: self.shallow_ring.then_some(sms),
             ..self
@@ -71,7 +72,8 @@ impl Pi0Cuda {
         k: usize,
     ) -> Result<usize> {
         let run = skinny::Launch {
-            target_ctas: ws.target_ctas,
+            plan_sms: ws.plan_sms,
+            rule: ws.rule,
             pdl: ws.pdl,
             partition_sms: ws.partition_sms,
             sm_smem: ws.sm_smem,
@@ -190,8 +192,9 @@ impl Pi0Cuda {
         )
     }
 
-    /// Bytes of split-K partials the expert needs for `rows` token rows (the largest of its
-    /// four weight GEMMs).
+    /// Bytes of split-K partials the expert needs for `rows` token rows: the largest of its
+    /// four weight GEMMs, planned for any SM count up to `ws.plan_sms` (a partition's plan may
+    /// split more than the whole GPU's).
     pub(super) fn partial_bytes(
         cfg: &ModelConfig,
         d: &Dims,
@@ -202,12 +205,14 @@ impl Pi0Cuda {
         let (w, f, a) = (g.width, g.mlp_dim, d.heads * d.hd);
         [(d.qkv_e, w), (w, a), (2 * f, w), (w, f)]
             .iter()
-            .map(|&(n, k)| {
+            .flat_map(|&(n, k)| {
                 // The split count does not depend on the operand type.
-                skinny::plan(rows, n, k, ws.target_ctas, skinny::Operands::Bf16).splits
-                    * rows
-                    * n
-                    * 4
+                (1..=ws.plan_sms).map(move |sms| {
+                    skinny::plan(rows, n, k, sms, ws.rule, skinny::Operands::Bf16).splits
+                        * rows
+                        * n
+                        * 4
+                })
             })
             .max()
             .unwrap_or(0)
@@ -220,8 +225,9 @@ mod tests {
 
     fn whole_h100() -> WeightStreaming {
         WeightStreaming {
-            target_ctas: skinny::target_ctas(132),
-            partition_target_ctas: None,
+            plan_sms: 132,
+            partition_plan_sms: None,
+            rule: skinny::SplitRule::Pow2,
             pdl: true,
             partition_sms: None,
             shallow_ring: true,
@@ -231,14 +237,14 @@ mod tests {
     }
 
     fn splits(ws: &WeightStreaming, n: usize, k: usize) -> usize {
-        skinny::plan(51, n, k, ws.target_ctas, skinny::Operands::Bf16).splits
+        skinny::plan(51, n, k, ws.plan_sms, ws.rule, skinny::Operands::Bf16).splits
     }
 
     #[test]
     fn the_whole_gpu_keeps_its_plan() {
         let w = whole_h100();
         let same = w.on_partition(None);
-        assert_eq!(same.target_ctas, w.target_ctas);
+        assert_eq!(same.plan_sms, w.plan_sms);
         assert_eq!(same.partition_sms, None);
     }
 
@@ -246,7 +252,7 @@ mod tests {
     fn a_partition_aims_for_its_own_sms() {
         let w = whole_h100();
         let half = w.on_partition(Some(64));
-        assert_eq!(half.target_ctas, skinny::target_ctas(64));
+        assert_eq!(half.plan_sms, 64);
         assert_eq!(half.partition_sms, Some(64));
         // The expert's down projection (1024 × 4096): half the split-K partials of the whole
         // GPU's plan, one CTA per SM of the partition.
@@ -258,24 +264,21 @@ mod tests {
             ..w
         }
         .on_partition(Some(64));
-        assert_eq!(
-            (deep.target_ctas, deep.partition_sms),
-            (half.target_ctas, None)
-        );
+        assert_eq!((deep.plan_sms, deep.partition_sms), (half.plan_sms, None));
     }
 
     #[test]
     fn an_override_never_exceeds_what_the_buffers_were_sized_for() {
         let w = WeightStreaming {
-            partition_target_ctas: Some(1000),
+            partition_plan_sms: Some(1000),
             ..whole_h100()
         };
-        assert_eq!(w.on_partition(Some(64)).target_ctas, w.target_ctas);
+        assert_eq!(w.on_partition(Some(64)).plan_sms, w.plan_sms);
         let w = WeightStreaming {
-            partition_target_ctas: Some(32),
+            partition_plan_sms: Some(32),
             ..whole_h100()
         };
-        assert_eq!(w.on_partition(Some(64)).target_ctas, 32);
+        assert_eq!(w.on_partition(Some(64)).plan_sms, 32);
         assert_eq!(splits(&w.on_partition(Some(64)), 1024, 4096), 4);
     }
 }

@@ -32,10 +32,20 @@ pub struct WgemmPlan {
     pub kernel: K,
     pub grid: (u32, u32, u32),
     pub smem: u32,
+    /// Split-K slices: slice s takes k tiles [s·T/splits, (s+1)·T/splits) of the T = k / 64.
     pub splits: usize,
-    /// k per split (a multiple of 64).
-    pub kps: usize,
     pub operands: Operands,
+}
+
+/// How the split-K count is chosen for the SMs a GEMM may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitRule {
+    /// The count whose busiest SM streams the fewest bytes (below): a study rule
+    /// (`PI0_WGEMM_SPLITS=balanced`); on the H100 it slowed the whole-GPU decoder 8.25 → 8.54
+    /// ms (QKV's 120 CTAs of 2-3 k tiles lose to 160 of 2: the GEMMs are latency-bound).
+    Balanced,
+    /// Powers of two until `target_ctas(sms)` CTAs: the default.
+    Pow2,
 }
 
 /// Whether the weight-streaming kernel covers this GEMM (k a multiple of the stage depth and
@@ -108,29 +118,54 @@ pub fn variants() -> Vec<(K, usize)> {
     all
 }
 
-/// The CTA count to aim for on a GPU with `sms` multiprocessors: one wave, allowing a few idle
+/// The Pow2 rule's CTA count on a GPU with `sms` multiprocessors: one wave, allowing a few idle
 /// SMs rather than doubling the split-K partials a full wave would need for N = 1024.
 pub fn target_ctas(sms: usize) -> usize {
     sms - sms / 16
 }
 
-/// Plans `rows` × `n` × `k`: split K in halves until the grid has at least `target_ctas` CTAs
-/// (enough weight loads in flight to keep HBM busy), while each split keeps whole stages.
-pub fn plan(rows: usize, n: usize, k: usize, target_ctas: usize, operands: Operands) -> WgemmPlan {
+/// Plans `rows` × `n` × `k` for a grid spread over `sms` SMs. Each CTA streams one 128-row
+/// weight band's share of k and writes an fp32 partial of `rows` × 128.
+pub fn plan(
+    rows: usize,
+    n: usize,
+    k: usize,
+    sms: usize,
+    rule: SplitRule,
+    operands: Operands,
+) -> WgemmPlan {
     let tiles = n.div_ceil(BN);
-    let mut splits = 1;
-    while tiles * splits < target_ctas && k % (2 * splits * BK) == 0 {
-        splits *= 2;
-    }
+    let k_tiles = k / BK;
+    let splits = match rule {
+        SplitRule::Balanced => balanced_splits(tiles, k_tiles, rows, sms.max(1)),
+        SplitRule::Pow2 => {
+            let mut splits = 1;
+            while tiles * splits < target_ctas(sms) && k % (2 * splits * BK) == 0 {
+                splits *= 2;
+            }
+            splits
+        }
+    };
     let (kernel, smem) = variant(rows, STAGES, operands);
     WgemmPlan {
         kernel,
         grid: (tiles as u32, splits as u32, 1),
         smem: smem as u32,
         splits,
-        kps: k / splits,
         operands,
     }
+}
+
+/// The split count (1..=k tiles) whose busiest SM moves the fewest bytes: it runs
+/// ⌈CTAs / SMs⌉ CTAs, each streaming ⌈k tiles / splits⌉ weight tiles and writing its partial.
+/// The GEMM is bound by the SMs' load throughput, so an unbalanced grid (the π0 expert's
+/// q|k|v: 20 bands × 8 splits = 160 CTAs on 132 SMs) costs its busiest SM's time. Ties go to
+/// fewer splits (fewer partials to add up).
+fn balanced_splits(tiles: usize, k_tiles: usize, rows: usize, sms: usize) -> usize {
+    let partial = rows * BN * 4;
+    (1..=k_tiles.max(1))
+        .min_by_key(|&s| (tiles * s).div_ceil(sms) * (k_tiles.div_ceil(s) * BN * BK * 2 + partial))
+        .unwrap_or(1)
 }
 
 /// `p` on an SM partition of `sms` SMs with `sm_smem` bytes of shared memory each: the
@@ -156,8 +191,9 @@ pub fn fit_partition(p: WgemmPlan, rows: usize, sms: usize, sm_smem: usize) -> W
 /// How the GEMMs launch on this GPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Launch {
-    /// CTAs each GEMM aims for (split-K grows until reached).
-    pub target_ctas: usize,
+    /// SMs the split-K plan spreads the grid over, and how it chooses the split count.
+    pub plan_sms: usize,
+    pub rule: SplitRule,
     /// Programmatic dependent launch.
     pub pdl: bool,
     /// SMs of the partition the stream runs in (None: the whole GPU).
@@ -181,7 +217,7 @@ pub fn launch(
     part: u64,
     (rows, n, k): (usize, usize, usize),
 ) -> Result<usize> {
-    let mut p = plan(rows, n, k, run.target_ctas, run.operands);
+    let mut p = plan(rows, n, k, run.plan_sms, run.rule, run.operands);
     if let Some(sms) = run.partition_sms {
         p = fit_partition(p, rows, sms, run.sm_smem);
     }
@@ -199,7 +235,6 @@ pub fn launch(
             A::P(part),
             A::I(n as i32),
             A::I(rows as i32),
-            A::I(p.kps as i32),
             A::I(run.evict_first as i32),
         ],
         run.pdl,
@@ -230,22 +265,61 @@ pub fn tile_weights<T: Copy + Default>(w: &[T], n: usize, k: usize) -> Vec<T> {
 mod tests {
     use super::*;
 
+    /// π0 expert at chunk 50 (51 rows): (n, k) of QKV 1024→2560, O 2048→1024, gate|up
+    /// 1024→8192, down 4096→1024.
+    const EXPERT: [(usize, usize); 4] = [(2560, 1024), (1024, 2048), (8192, 1024), (1024, 4096)];
+
+    fn expert_splits(sms: usize, rule: SplitRule) -> Vec<(u32, usize)> {
+        EXPERT
+            .iter()
+            .map(|&(n, k)| {
+                let p = plan(51, n, k, sms, rule, Operands::Bf16);
+                (p.grid.0, p.splits)
+            })
+            .collect()
+    }
+
     #[test]
-    fn full_size_expert_shapes_fill_the_h100() {
-        // π0 expert: QKV 1024→2560, O 2048→1024, gate|up 1024→8192, down 4096→1024; 51 rows.
-        let target = target_ctas(132);
-        let qkv = plan(51, 2560, 1024, target, Operands::Bf16);
-        assert_eq!((qkv.grid.0, qkv.splits, qkv.kps), (20, 8, 128));
-        let o = plan(51, 1024, 2048, target, Operands::Bf16);
-        assert_eq!((o.grid.0, o.splits, o.kps), (8, 16, 128));
-        let gu = plan(51, 8192, 1024, target, Operands::Bf16);
-        assert_eq!((gu.grid.0, gu.splits, gu.kps), (64, 2, 512));
-        let down = plan(51, 1024, 4096, target, Operands::Bf16);
-        assert_eq!((down.grid.0, down.splits, down.kps), (8, 16, 256));
-        assert_eq!(qkv.kernel, K::Wgemm8);
-        for p in [qkv, o, gu, down] {
-            assert!(p.grid.0 as usize * p.splits >= target);
-            assert_eq!(p.kps % BK, 0);
+    fn full_size_expert_shapes_balance_the_h100() {
+        // The previous rule: QKV's 160 CTAs put two on 28 of the 132 SMs.
+        let pow2 = expert_splits(132, SplitRule::Pow2);
+        assert_eq!(pow2, [(20, 8), (8, 16), (64, 2), (8, 16)]);
+        // Balanced: QKV in 6 splits (120 CTAs, 2 or 3 of its 16 k tiles each), the rest as before.
+        assert_eq!(
+            expert_splits(132, SplitRule::Balanced),
+            [(20, 6), (8, 16), (64, 2), (8, 16)]
+        );
+        // A 64-SM partition: one CTA per SM at most, QKV in 3 splits instead of 4 (80 CTAs).
+        assert_eq!(
+            expert_splits(64, SplitRule::Balanced),
+            [(20, 3), (8, 8), (64, 1), (8, 8)]
+        );
+        assert_eq!(expert_splits(64, SplitRule::Pow2)[0], (20, 4));
+        assert_eq!(
+            plan(51, 2560, 1024, 132, SplitRule::Balanced, Operands::Bf16).kernel,
+            K::Wgemm8
+        );
+    }
+
+    #[test]
+    fn balanced_splits_never_load_an_sm_more_than_powers_of_two() {
+        // Busiest-SM bytes of a plan, as the rule counts them.
+        let load = |p: &WgemmPlan, k: usize, rows: usize, sms: usize| {
+            let ctas = (p.grid.0 as usize) * p.splits;
+            ctas.div_ceil(sms) * ((k / BK).div_ceil(p.splits) * BN * BK * 2 + rows * BN * 4)
+        };
+        for sms in [16, 24, 40, 56, 64, 68, 92, 116, 132] {
+            for rows in [2, 51, 65] {
+                for &(n, k) in &EXPERT {
+                    let b = plan(rows, n, k, sms, SplitRule::Balanced, Operands::Bf16);
+                    let p = plan(rows, n, k, sms, SplitRule::Pow2, Operands::Bf16);
+                    assert!(b.splits >= 1 && b.splits <= k / BK);
+                    assert!(
+                        load(&b, k, rows, sms) <= load(&p, k, rows, sms),
+                        "{sms} SMs {n}x{k}"
+                    );
+                }
+            }
         }
     }
 
@@ -273,10 +347,9 @@ mod tests {
     #[test]
     fn small_partitions_take_the_shallow_ring_only_where_it_fits_one_wave() {
         const H100: usize = 228 * 1024;
-        let target = target_ctas(132);
-        let qkv = plan(51, 2560, 1024, target, Operands::Bf16); // 160 CTAs
-        let down = plan(51, 1024, 4096, target, Operands::Bf16); // 128 CTAs
-                                                                 // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
+        let qkv = plan(51, 2560, 1024, 132, SplitRule::Pow2, Operands::Bf16); // 160 CTAs
+        let down = plan(51, 1024, 4096, 132, SplitRule::Balanced, Operands::Bf16); // 128 CTAs
+                                                                                   // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
         assert_eq!(fit_partition(down, 51, 132, H100), down);
         assert_eq!(fit_partition(down, 51, 64, H100).kernel, K::Wgemm8);
         // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.
@@ -294,9 +367,10 @@ mod tests {
 
     #[test]
     fn splits_stop_at_one_stage_per_split() {
-        let p = plan(10, 64, 64, 132, Operands::Bf16);
-        assert_eq!((p.splits, p.kps), (1, 64));
-        assert_eq!(plan(10, 128, 256, 1000, Operands::Bf16).splits, 4);
+        for rule in [SplitRule::Balanced, SplitRule::Pow2] {
+            assert_eq!(plan(10, 64, 64, 132, rule, Operands::Bf16).splits, 1);
+            assert_eq!(plan(10, 128, 256, 1000, rule, Operands::Bf16).splits, 4);
+        }
     }
 
     #[test]
@@ -360,17 +434,18 @@ mod tests {
         let ((x, xb), (w, wb)) = (random(rows * ldx), random(n * k));
         let dx = DBuf::from_slice(&xb).unwrap();
         let dw = DBuf::from_slice(&tile_weights(&wb, n, k)).unwrap();
-        let splits = plan(rows, n, k, 123, operands).splits;
+        let deep = plan(rows, n, k, 132, SplitRule::Balanced, operands);
+        let splits = deep.splits;
         let len = splits * rows * n;
         let part = DBuf::from_slice(&vec![f32::NAN; len]).unwrap();
         // Twice on the whole GPU, then as on a partition of a third of the grid's CTAs in SMs,
         // where the shallow ring (three CTAs per SM) is what fits the grid in one wave.
-        let deep = plan(rows, n, k, 123, operands);
         let small = ((deep.grid.0 * deep.grid.1) as usize).div_ceil(3);
         let mut runs = Vec::new();
         for partition_sms in [None, None, Some(small)] {
             let run = Launch {
-                target_ctas: 123,
+                plan_sms: 132,
+                rule: SplitRule::Balanced,
                 pdl: false,
                 partition_sms,
                 sm_smem,
@@ -442,11 +517,13 @@ mod tests {
                 .unwrap();
         }
         let stream = ctx.new_stream().unwrap();
-        // The expert's O projection (16 splits) and gate|up (2) at chunk 50; a ragged shape
-        // (a partial band, rows in an odd token tile); the widest token variant.
+        // The expert's O projection (16 splits), gate|up (2) and q|k|v (6 splits of 2 or 3 k
+        // tiles) at chunk 50; a ragged shape (a partial band, rows in an odd token tile); the
+        // widest token variant.
         for operands in [Operands::Bf16, Operands::F16] {
             for shape in [
                 (51, 1024, 2048),
+                (51, 2560, 1024),
                 (51, 8192, 1024),
                 (13, 200, 192),
                 (80, 256, 512),
