@@ -903,17 +903,7 @@ impl Pi0Cuda {
         let s = stream.cu_stream();
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
-        // PI0_LT_ENC_SMS="68=60,76=64": study knob, the encoder's cuBLASLt SM target on a
-        // partition of that many SMs.
-        lt.sm_target = self.partition_sms(stream).map(|n| {
-            std::env::var("PI0_LT_ENC_SMS")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| k.trim().parse() == Ok(n))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(n)
-        });
+        lt.sm_target = self.partition_sms(stream);
         lt.pdl_all = self.pdl_scope.covers(stream, &self.stream);
         nvtx::range_push!("encoder");
         nvtx::range_push!("vision");
@@ -1491,7 +1481,7 @@ impl Pi0Cuda {
             gu: ds.gu.ptr,
             h: ds.h.ptr,
         };
-        // On an SM partition the weight GEMMs aim for that partition's CTA count.
+        // On an SM partition the weight GEMMs plan their split-K for that partition's SMs.
         let wstream = self
             .wstream
             .map(|w| w.on_partition(lt.sm_target.map(|n| n as usize)));

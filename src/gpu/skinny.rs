@@ -162,10 +162,14 @@ pub fn plan(
 /// q|k|v: 20 bands × 8 splits = 160 CTAs on 132 SMs) costs its busiest SM's time. Ties go to
 /// fewer splits (fewer partials to add up).
 fn balanced_splits(tiles: usize, k_tiles: usize, rows: usize, sms: usize) -> usize {
-    let partial = rows * BN * 4;
     (1..=k_tiles.max(1))
-        .min_by_key(|&s| (tiles * s).div_ceil(sms) * (k_tiles.div_ceil(s) * BN * BK * 2 + partial))
+        .min_by_key(|&s| busiest_sm_bytes(tiles, k_tiles, rows, sms, s))
         .unwrap_or(1)
+}
+
+/// Bytes the busiest of `sms` SMs streams for `tiles` bands of `k_tiles` k tiles in `splits`.
+fn busiest_sm_bytes(tiles: usize, k_tiles: usize, rows: usize, sms: usize, splits: usize) -> usize {
+    (tiles * splits).div_ceil(sms) * (k_tiles.div_ceil(splits) * BN * BK * 2 + rows * BN * 4)
 }
 
 /// `p` on an SM partition of `sms` SMs with `sm_smem` bytes of shared memory each: the
@@ -303,10 +307,8 @@ mod tests {
 
     #[test]
     fn balanced_splits_never_load_an_sm_more_than_powers_of_two() {
-        // Busiest-SM bytes of a plan, as the rule counts them.
         let load = |p: &WgemmPlan, k: usize, rows: usize, sms: usize| {
-            let ctas = (p.grid.0 as usize) * p.splits;
-            ctas.div_ceil(sms) * ((k / BK).div_ceil(p.splits) * BN * BK * 2 + rows * BN * 4)
+            busiest_sm_bytes(p.grid.0 as usize, k / BK, rows, sms, p.splits)
         };
         for sms in [16, 24, 40, 56, 64, 68, 92, 116, 132] {
             for rows in [2, 51, 65] {
@@ -348,8 +350,8 @@ mod tests {
     fn small_partitions_take_the_shallow_ring_only_where_it_fits_one_wave() {
         const H100: usize = 228 * 1024;
         let qkv = plan(51, 2560, 1024, 132, SplitRule::Pow2, Operands::Bf16); // 160 CTAs
-        let down = plan(51, 1024, 4096, 132, SplitRule::Balanced, Operands::Bf16); // 128 CTAs
-                                                                                   // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
+        let down = plan(51, 1024, 4096, 132, SplitRule::Pow2, Operands::Bf16); // 128 CTAs
+                                                                               // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
         assert_eq!(fit_partition(down, 51, 132, H100), down);
         assert_eq!(fit_partition(down, 51, 64, H100).kernel, K::Wgemm8);
         // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.
