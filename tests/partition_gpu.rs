@@ -129,9 +129,12 @@ fn concurrent_equals_sequential_with_reconfigurations() {
     .unwrap();
     println!("{eq:?}");
     assert_eq!(eq.frames, 120);
+    assert_eq!(eq.configurations, 3, "{eq:?}");
     assert!(eq.max_rel_err <= 1e-3, "{eq:?}");
-    // The synthetic stages use fixed-order reductions: results must be bitwise identical.
+    // The synthetic stages use fixed-order reductions: results must be bitwise identical,
+    // on the same split and on the whole GPU.
     assert_eq!(eq.bitwise_equal, eq.frames, "{eq:?}");
+    assert_eq!(eq.max_rel_err_whole_gpu, 0.0, "{eq:?}");
 }
 
 #[test]

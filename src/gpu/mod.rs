@@ -20,6 +20,7 @@
 
 pub(crate) mod device;
 mod engine;
+pub(crate) mod l2window;
 mod lt;
 pub mod probe;
 mod skinny;

@@ -517,8 +517,15 @@ pub fn confinement_table(rows: &[Confinement]) -> String {
 pub struct Equivalence {
     pub frames: usize,
     pub reconfigurations: usize,
+    /// Chunks bitwise equal to the sequential run on the split that produced them.
     pub bitwise_equal: usize,
+    /// Largest relative L2 error against the sequential run on the same split.
     pub max_rel_err: f64,
+    /// Largest relative L2 error against the sequential run on the whole GPU. Not zero where
+    /// the decoder's weight GEMMs plan their split-K sums for a partition's SMs.
+    pub max_rel_err_whole_gpu: f64,
+    /// Distinct (encoder SMs, decoder SMs) configurations the chunks came from.
+    pub configurations: usize,
     pub stale_prefix_checked: usize,
 }
 
@@ -536,7 +543,8 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 /// Runs `frames` pipelined frames (forward, concurrent) and `frames` streaming requests while
 /// the encoder runs, changing the split every `every` frames through `splits`; then recomputes
-/// every chunk sequentially on the whole GPU from the same prefix, state and noise.
+/// every chunk sequentially from the same prefix, state and noise, on the split that produced
+/// it (the chunk's SM counts name it) and on the whole GPU.
 pub fn equivalence<E: StageEngine + 'static>(
     p: &PartitionedPi0<E>,
     work: &Workload,
@@ -547,7 +555,9 @@ pub fn equivalence<E: StageEngine + 'static>(
     // obs id -> index of its input in `work`.
     let mut obs_input: HashMap<ObsId, usize> = HashMap::new();
     // (prefix obs, state/noise index, actions)
-    let mut got: Vec<(ObsId, usize, Vec<f32>)> = Vec::new();
+    // (prefix obs, state/noise index, actions, (encoder SMs, decoder SMs))
+    type Got = (ObsId, usize, Vec<f32>, (u32, u32));
+    let mut got: Vec<Got> = Vec::new();
     let mut reconf = 0;
     let mut k = 0usize;
     let apply = |k: usize, concurrent: bool| -> Result<()> {
@@ -565,7 +575,7 @@ pub fn equivalence<E: StageEngine + 'static>(
         if let Some(id) = c.input_obs {
             obs_input.insert(id, i);
         }
-        got.push((c.prefix_obs, i, c.actions));
+        got.push((c.prefix_obs, i, c.actions, (c.encoder_sms, c.decoder_sms)));
     }
     p.synchronize()?;
     // Phase B: streaming while the encoder runs flat out.
@@ -594,7 +604,7 @@ pub fn equivalence<E: StageEngine + 'static>(
             }
             let j = 5000 + i;
             match p.request_actions(&work.input(j).state, work.noise(j)) {
-                Ok(c) => got.push((c.prefix_obs, j, c.actions)),
+                Ok(c) => got.push((c.prefix_obs, j, c.actions, (c.encoder_sms, c.decoder_sms))),
                 Err(e) => {
                     r = Err(e);
                     break;
@@ -613,14 +623,13 @@ pub fn equivalence<E: StageEngine + 'static>(
     for (id, i) in submitted.into_inner().unwrap() {
         obs_input.insert(id, i);
     }
-    // Reference: sequential, whole GPU, same prefix input, state and noise.
-    p.reconfigure(Backend::None, SplitRequest::whole(), false, true)?;
     let mut eq = Equivalence {
         frames: got.len(),
         reconfigurations: reconf,
         ..Default::default()
     };
-    for (obs, si, actions) in &got {
+    // Sequential reference of one chunk on the configuration in force.
+    let reference = |(obs, si, _, _): &Got| -> Result<Vec<f32>> {
         let Some(&ii) = obs_input.get(obs) else {
             return Err(Error::Gpu(format!(
                 "chunk stamped with unknown observation {obs}"
@@ -628,13 +637,41 @@ pub fn equivalence<E: StageEngine + 'static>(
         };
         let mut input = work.input(ii).clone();
         input.state = work.input(*si).state.clone();
-        let r = p.forward(&input, work.noise(*si))?;
-        let e = rel_err(actions, &r.actions);
-        if actions == &r.actions {
-            eq.bitwise_equal += 1;
+        Ok(p.forward(&input, work.noise(*si))?.actions)
+    };
+    // Same split, sequential: what the pipeline must reproduce exactly.
+    let mut checked = vec![false; got.len()];
+    let whole = (Backend::None, SplitRequest::whole());
+    for &(b, s) in splits.iter().chain(std::iter::once(&whole)) {
+        p.reconfigure(b, s, false, true)?;
+        let info = p.partition();
+        let sms = (info.encoder_sms, info.decoder_sms);
+        let mut any = false;
+        for (g, done) in got.iter().zip(checked.iter_mut()) {
+            if *done || g.3 != sms {
+                continue;
+            }
+            let r = reference(g)?;
+            eq.max_rel_err = eq.max_rel_err.max(rel_err(&g.2, &r));
+            if g.2 == r {
+                eq.bitwise_equal += 1;
+            }
+            *done = true;
+            any = true;
+            eq.stale_prefix_checked += 1;
         }
-        eq.max_rel_err = eq.max_rel_err.max(e);
-        eq.stale_prefix_checked += 1;
+        eq.configurations += usize::from(any);
+    }
+    if let Some(i) = checked.iter().position(|d| !d) {
+        return Err(Error::Gpu(format!(
+            "chunk {i} came from a configuration ({:?} SMs) that none of the splits gives",
+            got[i].3
+        )));
+    }
+    // Whole GPU, sequential (the configuration left in force by the loop above).
+    for g in &got {
+        let r = reference(g)?;
+        eq.max_rel_err_whole_gpu = eq.max_rel_err_whole_gpu.max(rel_err(&g.2, &r));
     }
     Ok(eq)
 }

@@ -737,6 +737,20 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         state: &[f32],
         noise: &[f32],
     ) -> Result<ActionChunk> {
+        let (chunk, _) = self.run_decoder_with(slot, obs, state, noise, || Ok(()))?;
+        Ok(chunk)
+    }
+
+    /// `run_decoder`, running `meanwhile` on the host after the decoder is enqueued and before
+    /// its actions are waited for. The decoder's result comes back even if `meanwhile` fails.
+    fn run_decoder_with<T>(
+        &self,
+        slot: usize,
+        obs: ObsId,
+        state: &[f32],
+        noise: &[f32],
+        meanwhile: impl FnOnce() -> Result<T>,
+    ) -> Result<(ActionChunk, Result<T>)> {
         let inner = &self.inner;
         let t0 = Instant::now();
         struct Unpin<'a, E: StageEngine>(&'a Inner<E>, usize, bool);
@@ -773,10 +787,11 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             inner.slots_cv.notify_all();
         }
         run.last = Some(ev);
+        let other = meanwhile();
         let actions = inner.engine.download_actions(stream)?;
         drop(run);
         lock(&inner.stats).decoded += 1;
-        Ok(ActionChunk {
+        let chunk = ActionChunk {
             actions,
             prefix_obs: obs,
             latency_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -784,7 +799,8 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             decoder_sms: p.partition.decoder_sms,
             generation: gen,
             input_obs: None,
-        })
+        };
+        Ok((chunk, other))
     }
 
     fn pin(&self, slot: usize) -> ObsId {
@@ -828,6 +844,22 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     pub fn forward(&self, input: &ModelInput, noise: &[f32]) -> Result<ActionChunk> {
         let concurrent = lock(&self.inner.swap).current().concurrent;
         let obs = self.inner.next_obs.fetch_add(1, Ordering::Relaxed);
+        let prev = lock(&self.inner.slots).table.newest_before(obs);
+        if let (true, Some((slot, pobs)), false) = (concurrent, prev, encoder_first()) {
+            // Concurrent with a previous prefix: the decoder goes first (its inputs are a few
+            // hundred bytes), and this observation's images are staged and its encoder
+            // enqueued while the decoder runs, so neither stage idles through the other's
+            // host work.
+            self.pin(slot);
+            let (mut chunk, enc) =
+                self.run_decoder_with(slot, pobs, &input.state, noise, || {
+                    self.run_encoder(obs, input)
+                })?;
+            enc?;
+            chunk.input_obs = Some(obs);
+            lock(&self.inner.slots).refresh();
+            return Ok(chunk);
+        }
         let (slot_e, _ev) = self.run_encoder(obs, input)?;
         let (slot, pobs) = if concurrent {
             let prev = lock(&self.inner.slots).table.newest_before(obs);
@@ -1031,4 +1063,10 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
         Ok(g) => Ok(g.layout),
         Err(_) => green_layout(ctx),
     }
+}
+
+/// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
+/// (the order before the decoder-first change; comparison knob).
+fn encoder_first() -> bool {
+    std::env::var("PI0_FWD_ENCODER_FIRST").is_ok_and(|v| v == "1")
 }
