@@ -161,6 +161,14 @@ pub(super) fn row_threads(width: usize) -> u32 {
     ((width / 4).div_ceil(32) * 32) as u32
 }
 
+/// A split rule knob: `balanced` or (default) powers of two.
+fn split_rule(name: &str) -> super::skinny::SplitRule {
+    match std::env::var(name).as_deref() {
+        Ok("balanced") => super::skinny::SplitRule::Balanced,
+        _ => super::skinny::SplitRule::Pow2,
+    }
+}
+
 /// A numeric tuning knob from the environment (benchmarks only).
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -357,9 +365,6 @@ pub struct Pi0Cuda {
     /// Which streams get every kernel of ours that starts with pdl_wait as a programmatic
     /// dependent (beyond the decoder's weight-GEMM chain, which always is).
     pdl_scope: PdlScope,
-    /// Largest access-policy window, when the encoder's weight GEMMs get streaming windows
-    /// (`PI0_ENC_WINDOW=1`, study knob).
-    enc_window: Option<usize>,
     /// Multiprocessors of the whole device.
     device_sms: usize,
     name: String,
@@ -498,11 +503,11 @@ impl Pi0Cuda {
                 // PI0_WGEMM_SMS, PI0_WGEMM_SMS_PART, PI0_WGEMM_SPLITS: benchmark knobs.
                 plan_sms: env_usize("PI0_WGEMM_SMS").unwrap_or(sms),
                 partition_plan_sms: env_usize("PI0_WGEMM_SMS_PART"),
-                // Balanced measured slower on the whole GPU (docs/gpu-notes.md v29).
-                rule: match std::env::var("PI0_WGEMM_SPLITS").as_deref() {
-                    Ok("balanced") => super::skinny::SplitRule::Balanced,
-                    _ => super::skinny::SplitRule::Pow2,
-                },
+                // Balanced measured slower on the whole GPU (docs/gpu-notes.md v29); on
+                // partitions faster at 64-68 SMs and slower at 40, 56 and 92 (v30), so both
+                // default to powers of two.
+                rule: split_rule("PI0_WGEMM_SPLITS"),
+                partition_rule: split_rule("PI0_WGEMM_SPLITS_PART"),
                 pdl: opts.pdl && major >= 9,
                 partition_sms: None,
                 // PI0_WGEMM_RING=4: always the 4-stage ring (a benchmark comparison knob).
@@ -628,14 +633,12 @@ impl Pi0Cuda {
             Ok("all") => PdlScope::AllStreams,
             _ => PdlScope::OtherStreams,
         };
-        let enc_window = super::l2window::encoder_weight_windows(&ctx)?;
         Ok(Pi0Cuda {
             rope_llm,
             rope_exp,
             wstream,
             fused,
             pdl_scope,
-            enc_window,
             cfg: cfg.clone(),
             opts,
             d,
@@ -953,7 +956,6 @@ impl Pi0Cuda {
                 A::I(wv as i32),
             ],
         )?;
-        self.weight_window(s, self.w.patch_w.ptr, wv, pd)?;
         lt.matmul(
             h,
             s,
@@ -987,7 +989,6 @@ impl Pi0Cuda {
         let sv = (tpv * tpv) as i64;
         for l in &self.w.vis {
             ln(p.xv.ptr, p.xvn.ptr, l.ln1_g.ptr, l.ln1_b.ptr)?;
-            self.weight_window(s, l.qkv_w.ptr, 3 * wv, wv)?;
             lt.matmul(
                 h,
                 s,
@@ -1052,7 +1053,6 @@ impl Pi0Cuda {
                     lt.matmul(h, s, g, pptr, v0, out, 0, 1.0)?;
                 }
             }
-            self.weight_window(s, l.o_w.ptr, wv, wv)?;
             lt.matmul(
                 h,
                 s,
@@ -1064,7 +1064,6 @@ impl Pi0Cuda {
                 1.0,
             )?;
             ln(p.xv.ptr, p.xvn.ptr, l.ln2_g.ptr, l.ln2_b.ptr)?;
-            self.weight_window(s, l.fc1_w.ptr, fv, wv)?;
             lt.matmul(
                 h,
                 s,
@@ -1075,7 +1074,6 @@ impl Pi0Cuda {
                 l.fc1_b.ptr,
                 1.0,
             )?;
-            self.weight_window(s, l.fc2_w.ptr, wv, fv)?;
             lt.matmul(
                 h,
                 s,
@@ -1089,7 +1087,6 @@ impl Pi0Cuda {
         }
         ln(p.xv.ptr, p.xvn.ptr, self.w.post_g.ptr, self.w.post_b.ptr)?;
         let wl = self.cfg.llm.width;
-        self.weight_window(s, self.w.proj_w.ptr, wl, wv)?;
         lt.matmul(
             h,
             s,
@@ -1205,9 +1202,7 @@ impl Pi0Cuda {
         // q|k|v in fp32 so that RoPE rounds to bf16 once (the weight-streaming decoder does the
         // same from its fp32 partials).
         let qkv = Gemm::linear(rows, qkvw, w).f32out();
-        self.weight_window(s, l.qkv_w.ptr, qkvw, w)?;
         lt.matmul(h, s, qkv, b.xn, l.qkv_w.ptr, b.qkv, 0, 1.0)?;
-        self.weight_window(s, 0, 0, 0)?;
         self.rope_kv(s, pdl, (b.qkv, 1), rows, b, at)?;
         if kv_only {
             return Ok(());
@@ -1215,11 +1210,9 @@ impl Pi0Cuda {
         self.attend(s, lt, pdl, rows, b, at)?;
         // Residual GEMMs accumulate into the f32 stream `x` (beta = 1).
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
-        self.weight_window(s, l.o_w.ptr, w, hh * hd)?;
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
         rms(l.post.ptr)?;
         let gate_up = Gemm::linear(rows, 2 * f, w);
-        self.weight_window(s, l.gu_w.ptr, 2 * f, w)?;
         lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
         let n8 = (rows * f).div_ceil(8);
         self.launch(
@@ -1231,9 +1224,7 @@ impl Pi0Cuda {
             0,
             &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
         )?;
-        self.weight_window(s, l.down_w.ptr, w, f)?;
-        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)?;
-        self.weight_window(s, 0, 0, 0)
+        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
     }
 
     /// Residual + RMSNorm on `rows` rows of the fp32 stream `x` (resid_rms_k, one block per
@@ -1362,23 +1353,6 @@ impl Pi0Cuda {
             0,
             1.0,
         )
-    }
-
-    /// With `PI0_ENC_WINDOW=1`: the next launches on `s` see the `n` × `k` bf16 weights at `w`
-    /// as streaming (evict-first) in the L2; `n` = 0 clears the window.
-    fn weight_window(&self, s: sys::CUstream, w: u64, n: usize, k: usize) -> Result<()> {
-        let Some(max) = self.enc_window else {
-            return Ok(());
-        };
-        let (prop, bytes) = if n == 0 {
-            (sys::CUaccessProperty::CU_ACCESS_PROPERTY_NORMAL, 0)
-        } else {
-            (
-                sys::CUaccessProperty::CU_ACCESS_PROPERTY_STREAMING,
-                (n * k * 2).min(max),
-            )
-        };
-        super::l2window::set_window(s, w, bytes, prop)
     }
 
     /// Row softmax (softmax_k, 4 rows per block) of `rows` fp32 score rows of `len` (the row
@@ -1612,7 +1586,6 @@ impl Pi0Cuda {
         r?;
         let g = drv(g, "end capture / instantiate")?;
         let g = g.ok_or_else(|| Error::Gpu("graph capture produced no graph".into()))?;
-        super::l2window::report(g.cu_graph(), "engine");
         drv(g.upload(), "graph upload")?;
         Ok(g)
     }

@@ -19,6 +19,8 @@ pub(super) struct WeightStreaming {
     pub partition_plan_sms: Option<usize>,
     /// How the split counts are chosen (`PI0_WGEMM_SPLITS=balanced`: the study rule).
     pub rule: skinny::SplitRule,
+    /// The rule on a partition (`PI0_WGEMM_SPLITS_PART`).
+    pub partition_rule: skinny::SplitRule,
     /// Programmatic dependent launches for these kernels.
     pub pdl: bool,
     /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
@@ -48,6 +50,7 @@ impl WeightStreaming {
             .clamp(1, self.plan_sms);
         WeightStreaming {
             plan_sms,
+            rule: self.partition_rule,
             // The shallow ring (same splits, same arithmetic) where only it fits one wave.
             partition_sms: self.shallow_ring.then_some(sms),
             ..self
@@ -207,11 +210,13 @@ impl Pi0Cuda {
             .iter()
             .flat_map(|&(n, k)| {
                 // The split count does not depend on the operand type.
-                (1..=ws.plan_sms).map(move |sms| {
-                    skinny::plan(rows, n, k, sms, ws.rule, skinny::Operands::Bf16).splits
-                        * rows
-                        * n
-                        * 4
+                (1..=ws.plan_sms).flat_map(move |sms| {
+                    [ws.rule, ws.partition_rule].map(|rule| {
+                        skinny::plan(rows, n, k, sms, rule, skinny::Operands::Bf16).splits
+                            * rows
+                            * n
+                            * 4
+                    })
                 })
             })
             .max()
@@ -228,6 +233,7 @@ mod tests {
             plan_sms: 132,
             partition_plan_sms: None,
             rule: skinny::SplitRule::Pow2,
+            partition_rule: skinny::SplitRule::Pow2,
             pdl: true,
             partition_sms: None,
             shallow_ring: true,
@@ -265,6 +271,21 @@ mod tests {
         }
         .on_partition(Some(64));
         assert_eq!((deep.plan_sms, deep.partition_sms), (half.plan_sms, None));
+    }
+
+    #[test]
+    fn the_partition_rule_applies_on_partitions_only() {
+        let w = WeightStreaming {
+            partition_rule: skinny::SplitRule::Balanced,
+            ..whole_h100()
+        };
+        assert_eq!(w.on_partition(None).rule, skinny::SplitRule::Pow2);
+        let half = w.on_partition(Some(64));
+        assert_eq!(half.rule, skinny::SplitRule::Balanced);
+        // q|k|v (20 bands of 128 rows, k = 1024) on 64 SMs: powers of two give 80 CTAs (two
+        // on 16 SMs), the balanced count 3 splits = 60 CTAs, one per SM.
+        assert_eq!(splits(&w.on_partition(Some(64)), 2560, 1024), 3);
+        assert_eq!(splits(&whole_h100().on_partition(Some(64)), 2560, 1024), 4);
     }
 
     #[test]

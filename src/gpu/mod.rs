@@ -20,7 +20,6 @@
 
 pub(crate) mod device;
 mod engine;
-pub(crate) mod l2window;
 mod lt;
 pub mod probe;
 mod skinny;

@@ -116,7 +116,6 @@ pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> R
     let g = end
         .map_err(|e| Error::Gpu(format!("end capture: {e}")))?
         .ok_or_else(|| Error::Gpu("captured an empty graph".into()))?;
-    crate::gpu::l2window::report(g.cu_graph(), "stage");
     let g = StageGraph::new(g);
     g.upload()?;
     Ok(g)
