@@ -177,6 +177,58 @@ fn gpu_stage_api_slots_and_green_context() {
     }
 }
 
+/// The pipeline's concurrent `forward` on the real engine: it decodes the previous prefix
+/// first and encodes this observation meanwhile. A bad observation (a NaN pixel) is refused
+/// with an error, and the next call goes on from the last good prefix, with the actions the
+/// sequential engine gives for that prefix and this call's state and noise.
+#[test]
+fn gpu_concurrent_forward_refuses_a_bad_observation_and_goes_on() {
+    use pi0_mps::partition::{Backend, PartitionedPi0, PipelineOptions, SplitRequest};
+    if skip("gpu_concurrent_forward_refuses_a_bad_observation_and_goes_on") {
+        return;
+    }
+    let dir = tiny_dir();
+    let loaded = checkpoint::load(&dir).unwrap();
+    let g = read_golden(&dir);
+    let input = golden_input(&g);
+    let noise = g["noise"].f32s();
+    let mut reference = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
+    let engine = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
+    let opts = PipelineOptions {
+        backend: Backend::None,
+        split: SplitRequest::whole(),
+        concurrent: true,
+        ..PipelineOptions::default()
+    };
+    let chunk = noise.len() / loaded.config.action_dim;
+    let p = PartitionedPi0::from_engine(engine, chunk, opts).unwrap();
+    let first = p.forward(&input, &noise).unwrap();
+    let good_obs = first.input_obs.unwrap();
+    let mut bad = input.clone();
+    bad.images[0].as_mut().unwrap()[7] = f32::NAN;
+    let err = p.forward(&bad, &noise).unwrap_err().to_string();
+    println!("bad observation: {err}");
+    assert!(err.contains("view 0"), "{err}");
+    // This call's state differs, so its chunk is not the first call's.
+    let mut next = input.clone();
+    for v in next.state.iter_mut() {
+        *v = 0.5 - *v;
+    }
+    let c = p.forward(&next, &noise).unwrap();
+    assert_eq!(c.prefix_obs, good_obs, "went on from the last good prefix");
+    let mut want_in = input.clone();
+    want_in.state = next.state.clone();
+    let want = reference.forward(&want_in, &noise).unwrap();
+    assert_eq!(c.actions.len(), want.len());
+    assert!(c.actions.iter().all(|v| v.is_finite()));
+    let (rel, _) = rel_l2(
+        &c.actions,
+        &want.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
+    println!("concurrent chunk after a bad observation vs sequential: rel {rel:.3e}");
+    assert!(rel < 1e-3, "rel {rel}");
+}
+
 fn green_stream(
     ctx: &Arc<cudarc::driver::CudaContext>,
     sms: u32,

@@ -1066,7 +1066,8 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
 }
 
 /// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
-/// (the order before the decoder-first change; comparison knob).
+/// (the order before the decoder-first change; comparison knob, read once).
 fn encoder_first() -> bool {
-    std::env::var("PI0_FWD_ENCODER_FIRST").is_ok_and(|v| v == "1")
+    static FIRST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FIRST.get_or_init(|| std::env::var("PI0_FWD_ENCODER_FIRST").is_ok_and(|v| v == "1"))
 }
