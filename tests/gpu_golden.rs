@@ -116,6 +116,21 @@ fn gpu_golden_pi0_tiny_asym() {
     run_golden("pi0-tiny-asym", &dir, GpuOptions::default());
 }
 
+/// pi0-tiny's checkpoint with its golden input and noise.
+fn tiny_case() -> (
+    checkpoint::LoadedCheckpoint,
+    pi0_mps::engine::ModelInput,
+    Vec<f32>,
+) {
+    let dir = tiny_dir();
+    let g = read_golden(&dir);
+    (
+        checkpoint::load(&dir).unwrap(),
+        golden_input(&g),
+        g["noise"].f32s(),
+    )
+}
+
 /// Stage API on a second stream and the second slots gives the forward result; so does a stream
 /// of a green context (16 SMs), eagerly and as a graph captured there.
 #[test]
@@ -123,11 +138,7 @@ fn gpu_stage_api_slots_and_green_context() {
     if skip("gpu_stage_api_slots_and_green_context") {
         return;
     }
-    let dir = tiny_dir();
-    let loaded = checkpoint::load(&dir).unwrap();
-    let g = read_golden(&dir);
-    let input = golden_input(&g);
-    let noise = g["noise"].f32s();
+    let (loaded, input, noise) = tiny_case();
     let mut eng = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
     let want = eng.forward_eager(&input, &noise).unwrap();
     let ctx = eng.context().clone();
@@ -187,11 +198,7 @@ fn gpu_concurrent_forward_refuses_a_bad_observation_and_goes_on() {
     if skip("gpu_concurrent_forward_refuses_a_bad_observation_and_goes_on") {
         return;
     }
-    let dir = tiny_dir();
-    let loaded = checkpoint::load(&dir).unwrap();
-    let g = read_golden(&dir);
-    let input = golden_input(&g);
-    let noise = g["noise"].f32s();
+    let (loaded, input, noise) = tiny_case();
     let mut reference = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
     let engine = Pi0Cuda::new(&loaded, GpuOptions::default()).unwrap();
     let opts = PipelineOptions {
