@@ -674,6 +674,8 @@ pub fn equivalence<E: StageEngine + 'static>(
         configs.insert(g.3);
     }
     eq.configurations = configs.len();
+    // Leave the pipeline on the whole GPU, as the reference runs always have.
+    p.reconfigure(Backend::None, SplitRequest::whole(), false, true)?;
     Ok(eq)
 }
 
