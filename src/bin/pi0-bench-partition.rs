@@ -60,6 +60,14 @@ struct Args {
     /// Write JSON results and tables here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Study (pi0 engine): the green 50-50 frame with cuBLASLt candidate i of each listed GEMM
+    /// shape, `m,n,k;m,n,k` (`PI0_LT_PICK` set in-process, the split's graphs captured again
+    /// for each), instead of the other measurements.
+    #[arg(long)]
+    lt_sweep: Option<String>,
+    /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
+    #[arg(long, default_value_t = 6)]
+    lt_candidates: usize,
 }
 
 /// `E-D` → (E, D), both percentages in 1..=100.
@@ -184,6 +192,9 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                     ..Default::default()
                 },
             )?;
+            if let Some(shapes) = &args.lt_sweep {
+                return lt_sweep(&p, &work, shapes, args.lt_candidates, args.iterations);
+            }
             run_all(args, backend, &p, &work, Some(native))
         }
         other => Err(pi0_mps::Error::Parameter {
@@ -191,6 +202,52 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             reason: format!("`{other}`: use synthetic or pi0"),
         }),
     }
+}
+
+/// --lt-sweep: the green 50-50 frame, the encoder alone on its half and the decoder while the
+/// encoder runs, with the default cuBLASLt picks and with candidate i of each shape.
+fn lt_sweep(
+    p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
+    work: &Workload,
+    shapes: &str,
+    candidates: usize,
+    iterations: usize,
+) -> pi0_mps::Result<()> {
+    let half = SplitRequest {
+        encoder_pct: 50,
+        decoder_pct: 50,
+    };
+    // Plans are made again, and the split's graphs captured again, under the current picks.
+    let measure = |label: &str| -> pi0_mps::Result<()> {
+        p.reconfigure(Backend::None, SplitRequest::whole(), false, true)?;
+        p.synchronize()?;
+        p.forget_prepared_splits();
+        p.engine().engine.replan_gemms()?;
+        p.reconfigure(Backend::Green, half, true, true)?;
+        let r = bench::measure(p, label, work, iterations)?;
+        println!(
+            "| {label} | {:.3} | {:.3} | {:.3} |",
+            r.frame_period_ms,
+            r.encoder_solo.p50,
+            r.decoder_loaded.map_or(f64::NAN, |d| d.p50)
+        );
+        Ok(())
+    };
+    // The engine reads these when it plans a GEMM; no other thread reads the environment here.
+    std::env::set_var("PI0_LT_CANDS", candidates.to_string());
+    println!("\n| green 50-50 with | frame ms | encoder solo ms | decoder under load ms |");
+    println!("|---|---|---|---|");
+    measure("default")?;
+    for shape in shapes.split(';') {
+        for i in 0..candidates {
+            std::env::set_var("PI0_LT_PICK", format!("{shape}:{i}"));
+            if let Err(e) = measure(&format!("{shape}:{i}")) {
+                println!("| {shape}:{i} | error: {e} | | |");
+            }
+        }
+    }
+    std::env::remove_var("PI0_LT_PICK");
+    measure("default (again)")
 }
 
 fn run_all<E: StageEngine + 'static>(

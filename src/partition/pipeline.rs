@@ -335,6 +335,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     pub fn engine(&self) -> &E {
         &self.inner.engine
     }
+    /// Forgets every prepared split, so that the next `reconfigure` to any of them prepares it
+    /// and captures its graphs again (benchmarks comparing engine plans in one process). The
+    /// active split keeps running on what it holds until the next switch.
+    pub fn forget_prepared_splits(&self) {
+        let dropped = lock(&self.inner.cache).clear();
+        drop(dropped);
+    }
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.inner.ctx
     }

@@ -102,6 +102,10 @@ impl<K: PartialEq + Clone, V: Clone> BoundedCache<K, V> {
         }
         out
     }
+    /// Drops every entry (returned, so that the caller decides when they are freed).
+    pub fn clear(&mut self) -> Vec<(K, V)> {
+        self.items.drain(..).collect()
+    }
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.items.iter().map(|(k, _)| k)
     }
@@ -233,6 +237,10 @@ mod tests {
             c.insert(k, "n");
             assert!(c.len() <= 3);
         }
+        let dropped = c.clear();
+        assert_eq!(dropped.len(), 3);
+        assert!(c.is_empty());
+        assert_eq!(c.get(&99), None);
     }
 
     #[test]
