@@ -233,11 +233,13 @@ fn lt_sweep(
         );
         Ok(())
     };
-    // The engine reads these when it plans a GEMM; no other thread reads the environment here.
-    std::env::set_var("PI0_LT_CANDS", candidates.to_string());
     println!("\n| green 50-50 with | frame ms | encoder solo ms | decoder under load ms |");
     println!("|---|---|---|---|");
+    // The baseline with the engine's own candidate count, which the down projection's
+    // preferred pick depends on.
     measure("default")?;
+    // The engine reads these when it plans a GEMM; no other thread reads the environment here.
+    std::env::set_var("PI0_LT_CANDS", candidates.to_string());
     for shape in shapes.split(';') {
         for i in 0..candidates {
             std::env::set_var("PI0_LT_PICK", format!("{shape}:{i}"));
@@ -247,6 +249,7 @@ fn lt_sweep(
         }
     }
     std::env::remove_var("PI0_LT_PICK");
+    std::env::remove_var("PI0_LT_CANDS");
     measure("default (again)")
 }
 

@@ -351,7 +351,8 @@ mod tests {
         const H100: usize = 228 * 1024;
         let qkv = plan(51, 2560, 1024, 132, SplitRule::Pow2, Operands::Bf16); // 160 CTAs
         let down = plan(51, 1024, 4096, 132, SplitRule::Pow2, Operands::Bf16); // 128 CTAs
-                                                                               // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
+
+        // Whole GPU and 64 SMs hold 128 CTAs two per SM: unchanged.
         assert_eq!(fit_partition(down, 51, 132, H100), down);
         assert_eq!(fit_partition(down, 51, 64, H100).kernel, K::Wgemm8);
         // 160 CTAs on 64 SMs, 128 on 56: only three per SM fit them in one wave.

@@ -339,6 +339,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     /// and captures its graphs again (benchmarks comparing engine plans in one process). The
     /// active split keeps running on what it holds until the next switch.
     pub fn forget_prepared_splits(&self) {
+        // Freed after the cache lock is released (freeing a split destroys its contexts).
         let dropped = lock(&self.inner.cache).clear();
         drop(dropped);
     }
@@ -851,8 +852,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     pub fn forward(&self, input: &ModelInput, noise: &[f32]) -> Result<ActionChunk> {
         let concurrent = lock(&self.inner.swap).current().concurrent;
         let obs = self.inner.next_obs.fetch_add(1, Ordering::Relaxed);
-        let prev = lock(&self.inner.slots).table.newest_before(obs);
-        if let (true, Some((slot, pobs)), false) = (concurrent, prev, encoder_first()) {
+        let decoder_first = concurrent && !encoder_first();
+        let prev = if decoder_first {
+            lock(&self.inner.slots).table.newest_before(obs)
+        } else {
+            None
+        };
+        if let Some((slot, pobs)) = prev {
             // Concurrent with a previous prefix: the decoder goes first (its inputs are a few
             // hundred bytes), and this observation's images are staged and its encoder
             // enqueued while the decoder runs, so neither stage idles through the other's
