@@ -67,9 +67,10 @@ fn lt_sweep(
     input: &ModelInput,
     noise: &[f32],
 ) -> pi0_mps::Result<()> {
+    // The reference runs on the engine's own plans, made before any candidate count is set.
+    let reference = eng.forward(input, noise)?;
     // The engine reads these when it plans a GEMM; no other thread reads the environment here.
     std::env::set_var("PI0_LT_CANDS", candidates.to_string());
-    let reference = eng.forward(input, noise)?;
     println!("\n| shape | candidate | encoder ms | decoder ms | rel diff vs default |");
     println!("|---|---|---|---|---|");
     for shape in shapes.split(';') {
