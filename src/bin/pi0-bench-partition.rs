@@ -217,6 +217,7 @@ fn lt_sweep(
         encoder_pct: 50,
         decoder_pct: 50,
     };
+    let kernels = PartitionKernels::load(p.context())?;
     // Plans are made again, and the split's graphs captured again, under the current picks.
     let measure = |label: &str| -> pi0_mps::Result<()> {
         p.reconfigure(Backend::None, SplitRequest::whole(), false, true)?;
@@ -225,16 +226,22 @@ fn lt_sweep(
         p.engine().engine.replan_gemms()?;
         p.reconfigure(Backend::Green, half, true, true)?;
         let r = bench::measure(p, label, work, iterations)?;
+        // Which physical SMs each stage got: a new split is made for every row, and its SMs
+        // are the driver's choice.
+        let (enc, dec) = p.streams();
+        let (enc, dec) = (kernels.probe_sms(&enc, false)?, kernels.probe_sms(&dec, false)?);
         println!(
-            "| {label} | {:.3} | {:.3} | {:.3} |",
+            "| {label} | {:.3} | {:.3} | {:.3} | {} | {} |",
             r.frame_period_ms,
             r.encoder_solo.p50,
-            r.decoder_loaded.map_or(f64::NAN, |d| d.p50)
+            r.decoder_loaded.map_or(f64::NAN, |d| d.p50),
+            sm_ranges(&enc),
+            sm_ranges(&dec)
         );
         Ok(())
     };
-    println!("\n| green 50-50 with | frame ms | encoder solo ms | decoder under load ms |");
-    println!("|---|---|---|---|");
+    println!("\n| green 50-50 with | frame ms | encoder solo ms | decoder under load ms | encoder SMs | decoder SMs |");
+    println!("|---|---|---|---|---|---|");
     // The baseline with the engine's own candidate count, which the down projection's
     // preferred pick depends on.
     measure("default")?;
@@ -251,6 +258,24 @@ fn lt_sweep(
     std::env::remove_var("PI0_LT_PICK");
     std::env::remove_var("PI0_LT_CANDS");
     measure("default (again)")
+}
+
+/// `{0,1,2,5,7,8}` → `0-2,5,7-8`.
+fn sm_ranges(sms: &std::collections::BTreeSet<u32>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = sms.iter().copied().peekable();
+    while let Some(first) = it.next() {
+        let mut last = first;
+        while it.peek() == Some(&(last + 1)) {
+            last = it.next().unwrap_or(last);
+        }
+        out.push(if first == last {
+            format!("{first}")
+        } else {
+            format!("{first}-{last}")
+        });
+    }
+    out.join(",")
 }
 
 fn run_all<E: StageEngine + 'static>(
