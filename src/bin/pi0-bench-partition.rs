@@ -229,7 +229,10 @@ fn lt_sweep(
         // Which physical SMs each stage got: a new split is made for every row, and its SMs
         // are the driver's choice.
         let (enc, dec) = p.streams();
-        let (enc, dec) = (kernels.probe_sms(&enc, false)?, kernels.probe_sms(&dec, false)?);
+        let (enc, dec) = (
+            kernels.probe_sms(&enc, false)?,
+            kernels.probe_sms(&dec, false)?,
+        );
         println!(
             "| {label} | {:.3} | {:.3} | {:.3} | {} | {} |",
             r.frame_period_ms,
