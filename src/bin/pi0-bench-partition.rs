@@ -254,7 +254,7 @@ fn lt_sweep(
         for i in 0..candidates {
             std::env::set_var("PI0_LT_PICK", format!("{shape}:{i}"));
             if let Err(e) = measure(&format!("{shape}:{i}")) {
-                println!("| {shape}:{i} | error: {e} | | |");
+                println!("| {shape}:{i} | error: {e} | | | | |");
             }
         }
     }
@@ -269,8 +269,8 @@ fn sm_ranges(sms: &std::collections::BTreeSet<u32>) -> String {
     let mut it = sms.iter().copied().peekable();
     while let Some(first) = it.next() {
         let mut last = first;
-        while it.peek() == Some(&(last + 1)) {
-            last = it.next().unwrap_or(last);
+        while it.next_if_eq(&(last + 1)).is_some() {
+            last += 1;
         }
         out.push(if first == last {
             format!("{first}")
@@ -521,4 +521,17 @@ fn pi0_workload(cfg: &pi0_mps::model::config::ModelConfig, n: usize) -> Workload
         ));
     }
     Workload { inputs, noise }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sm_ranges;
+
+    #[test]
+    fn sm_ranges_joins_runs() {
+        let set = |v: &[u32]| v.iter().copied().collect();
+        assert_eq!(sm_ranges(&set(&[0, 1, 2, 5, 7, 8])), "0-2,5,7-8");
+        assert_eq!(sm_ranges(&set(&[3])), "3");
+        assert_eq!(sm_ranges(&set(&[])), "");
+    }
 }
