@@ -149,12 +149,26 @@ fn stream_sms(stream: &Arc<CudaStream>, device_sms: usize) -> usize {
         .clamp(1, device_sms)
 }
 
-fn current_context() -> Result<usize> {
+/// The process-unique ID of the bound context. Not its pointer: a destroyed context's
+/// pointer may be handed out again for a new one (a re-made MPS split), and what was keyed
+/// by it (events, cuBLASLt handles) belongs to the old context.
+fn current_context() -> Result<u64> {
     let mut c = std::ptr::null_mut();
-    // SAFETY: plain query.
-    cu(unsafe { sys::cuCtxGetCurrent(&mut c) }, "cuCtxGetCurrent")?;
-    Ok(c as usize)
+    let mut id = 0u64;
+    // SAFETY: plain queries; cuCtxGetId is given the non-null current context.
+    unsafe {
+        cu(sys::cuCtxGetCurrent(&mut c), "cuCtxGetCurrent")?;
+        if c.is_null() {
+            return Err(Error::Gpu("no CUDA context bound to this thread".into()));
+        }
+        cu(sys::cuCtxGetId(c, &mut id), "cuCtxGetId")?;
+    }
+    Ok(id)
 }
+
+/// Contexts with a cuBLASLt handle kept before the map is pruned (each re-made MPS split
+/// brings two new ones; handles in use live on through their Arcs).
+const MAX_LT_HANDLES: usize = 16;
 
 /// Threads of a one-block-per-row norm kernel: 4 values each, whole warps.
 pub(super) fn row_threads(width: usize) -> u32 {
@@ -231,7 +245,7 @@ impl Event {
 /// Fence of a slot's pinned staging buffer: the event recorded after the last copy out of it.
 /// Events belong to a context and the stages may run in MPS contexts, so the event is made
 /// anew in the context of the stream it is recorded on when that changes.
-struct StagingFence(Mutex<Option<(usize, Event)>>);
+struct StagingFence(Mutex<Option<(u64, Event)>>);
 
 impl StagingFence {
     fn new() -> Self {
@@ -348,9 +362,11 @@ pub struct Pi0Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
-    /// cuBLASLt handles by CUDA context (the primary one, and each MPS execution-affinity
+    /// cuBLASLt handles by CUDA context ID (the primary one, and each MPS execution-affinity
     /// context the stages run in).
-    lth: Mutex<HashMap<usize, Arc<LtHandle>>>,
+    lth: Mutex<HashMap<u64, Arc<LtHandle>>>,
+    /// The engine's own context (its handle is never pruned).
+    own_ctx: u64,
     w: Weights,
     pslots: Vec<PrefixSlot>,
     dslots: Vec<DecoderSlot>,
@@ -465,10 +481,8 @@ impl Pi0Cuda {
             .map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
         let stream = drv(ctx.new_stream(), "creating a stream")?;
         let kernels = Kernels::load(major, minor)?;
-        let lth = Mutex::new(HashMap::from([(
-            current_context()?,
-            Arc::new(LtHandle::new()?),
-        )]));
+        let own_ctx = current_context()?;
+        let lth = Mutex::new(HashMap::from([(own_ctx, Arc::new(LtHandle::new()?))]));
         let v = &cfg.vision;
         let tpv = v.tokens_per_view();
         let max_views = opts.max_views.min(cfg.num_views);
@@ -646,6 +660,7 @@ impl Pi0Cuda {
             stream,
             kernels,
             lth,
+            own_ctx,
             w,
             pslots,
             dslots,
@@ -721,6 +736,9 @@ impl Pi0Cuda {
         let mut map = self.lth.lock().unwrap();
         if let Some(h) = map.get(&ctx) {
             return Ok(h.clone());
+        }
+        if map.len() >= MAX_LT_HANDLES {
+            map.retain(|&c, _| c == self.own_ctx);
         }
         let h = Arc::new(LtHandle::new()?);
         map.insert(ctx, h.clone());
