@@ -334,7 +334,25 @@ impl Partition {
                 } else {
                     (dec_prio, enc_prio)
                 };
-                let (small, rest) = g.make_pair(ctx, small_groups * g.layout.granularity, prio)?;
+                let (small, rest) = match std::env::var("PI0_GREEN_PAIR").as_deref() {
+                    // Placement experiments (pi0-bench-partition): the same counts built from
+                    // the precomputed groups, the small stage on the first or the last ones.
+                    Ok("groups-low") => {
+                        let n = g.layout.groups;
+                        (
+                            g.make(ctx, 0, small_groups, false, prio.0)?,
+                            g.make(ctx, small_groups, n - small_groups, true, prio.1)?,
+                        )
+                    }
+                    Ok("groups-high") => {
+                        let n = g.layout.groups;
+                        (
+                            g.make(ctx, n - small_groups, small_groups, false, prio.0)?,
+                            g.make(ctx, 0, n - small_groups, true, prio.1)?,
+                        )
+                    }
+                    _ => g.make_pair(ctx, small_groups * g.layout.granularity, prio)?,
+                };
                 let mut wrap = |(st, sms): (GreenStage, u32)| {
                     let s = unsafe { ctx.wrap_borrowed_stream(st.stream) };
                     owned.push(Owned::Green(st));
