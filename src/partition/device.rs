@@ -351,7 +351,12 @@ impl Partition {
                             g.make(ctx, 0, n - small_groups, true, prio.1)?,
                         )
                     }
-                    _ => g.make_pair(ctx, small_groups * g.layout.granularity, prio)?,
+                    other => {
+                        if let Ok(v) = other {
+                            log::warn!("PI0_GREEN_PAIR=`{v}` unknown (groups-low, groups-high); using the driver's split");
+                        }
+                        g.make_pair(ctx, small_groups * g.layout.granularity, prio)?
+                    }
                 };
                 let mut wrap = |(st, sms): (GreenStage, u32)| {
                     let s = unsafe { ctx.wrap_borrowed_stream(st.stream) };
