@@ -138,6 +138,28 @@ impl GreenGroups {
         }
     }
 
+    /// `make_pair`'s SM counts built from the precomputed groups instead of one driver split:
+    /// the small stage on the first `small_groups` groups (the last ones with `at_end`), the
+    /// other stage on the remaining groups plus the left-over SMs.
+    fn make_pair_from_groups(
+        &self,
+        ctx: &Arc<CudaContext>,
+        small_groups: u32,
+        at_end: bool,
+        prio: (i32, i32),
+    ) -> Result<((GreenStage, u32), (GreenStage, u32))> {
+        let big_groups = self.layout.groups - small_groups;
+        let (small_first, big_first) = if at_end {
+            (big_groups, 0)
+        } else {
+            (0, small_groups)
+        };
+        Ok((
+            self.make(ctx, small_first, small_groups, false, prio.0)?,
+            self.make(ctx, big_first, big_groups, true, prio.1)?,
+        ))
+    }
+
     /// A green context (and one non-blocking stream in it) over groups `[first, first+count)`,
     /// plus the remainder SMs if asked and the driver accepts them in one descriptor.
     fn make(
@@ -335,21 +357,9 @@ impl Partition {
                     (dec_prio, enc_prio)
                 };
                 let (small, rest) = match std::env::var("PI0_GREEN_PAIR").as_deref() {
-                    // Placement experiments (pi0-bench-partition): the same counts built from
-                    // the precomputed groups, the small stage on the first or the last ones.
-                    Ok("groups-low") => {
-                        let n = g.layout.groups;
-                        (
-                            g.make(ctx, 0, small_groups, false, prio.0)?,
-                            g.make(ctx, small_groups, n - small_groups, true, prio.1)?,
-                        )
-                    }
-                    Ok("groups-high") => {
-                        let n = g.layout.groups;
-                        (
-                            g.make(ctx, n - small_groups, small_groups, false, prio.0)?,
-                            g.make(ctx, 0, n - small_groups, true, prio.1)?,
-                        )
+                    // Placement experiments (pi0-bench-partition, docs/gpu-notes.md knobs).
+                    Ok(p @ ("groups-low" | "groups-high")) => {
+                        g.make_pair_from_groups(ctx, small_groups, p == "groups-high", prio)?
                     }
                     other => {
                         if let Ok(v) = other {
