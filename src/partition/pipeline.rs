@@ -10,7 +10,7 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use super::device::{green_layout, GreenGroups, Partition};
 use super::split::{plan, Backend, PlanKey, SmLayout, SplitPlan, SplitRequest};
-use super::stage::{StageEngine, StageGraph};
+use super::stage::{upload_where, GraphUpload, StageEngine, StageGraph};
 use super::swap::{BoundedCache, FrameBoundarySwap, ObsId, SlotState, SlotTable, Stage};
 use crate::engine::ModelInput;
 use crate::error::{Error, Result};
@@ -526,6 +526,9 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
                 .engine
                 .capture_decoder(&p.partition.decoder_capture_stream, slot)?,
         };
+        if upload_where() == GraphUpload::Launch {
+            g.upload_on(p.stream(stage))?;
+        }
         lock(&inner.capture_ms).push(t0.elapsed().as_secs_f64() * 1e3);
         lock(p.graphs(stage))[slot] = Some((k, g));
         Ok(true)

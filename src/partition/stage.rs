@@ -103,6 +103,19 @@ impl StageGraph {
             .upload()
             .map_err(|e| Error::Gpu(format!("graph upload: {e}")))
     }
+    /// Uploads on `stream` (ordered behind the work already queued there).
+    pub fn upload_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+        let r = unsafe { sys::cuGraphUpload(self.graph.cu_graph_exec(), stream.cu_stream()) };
+        if r == sys::CUresult::CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(Error::Gpu(format!("cuGraphUpload: {r:?}")))
+        }
+    }
 }
 
 /// Captures what `body` enqueues on `stream` into an instantiated graph.
@@ -117,6 +130,29 @@ pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> R
         .map_err(|e| Error::Gpu(format!("end capture: {e}")))?
         .ok_or_else(|| Error::Gpu("captured an empty graph".into()))?;
     let g = StageGraph::new(g);
-    g.upload()?;
+    if upload_where() == GraphUpload::Capture {
+        g.upload()?;
+    }
     Ok(g)
+}
+
+/// Where a captured stage graph is uploaded (`PI0_GRAPH_UPLOAD`): a re-made split's frame is
+/// either ~10.6 or ~10.9 ms on the same SMs (partition-notes v18), and where the graph's
+/// device-side state lives is one thing chosen when a split is made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GraphUpload {
+    /// On the capture stream, right after instantiation (the default).
+    Capture,
+    /// On the stage stream the graph will be launched on, before it is installed.
+    Launch,
+    /// Not uploaded ahead: the first launch uploads it.
+    FirstLaunch,
+}
+
+pub fn upload_where() -> GraphUpload {
+    match std::env::var("PI0_GRAPH_UPLOAD").as_deref() {
+        Ok("launch") => GraphUpload::Launch,
+        Ok("none") => GraphUpload::FirstLaunch,
+        _ => GraphUpload::Capture,
+    }
 }
