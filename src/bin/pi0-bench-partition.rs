@@ -228,6 +228,9 @@ fn lt_sweep(
         let r = bench::measure(p, label, work, iterations)?;
         // The same split measured again: tells a state of the split from drift over time.
         let again = bench::measure(p, label, work, iterations)?;
+        // The same split with its graphs captured again: a state of the graphs or of the split.
+        p.recapture_graphs()?;
+        let recaptured = bench::measure(p, label, work, iterations)?;
         // Which physical SMs each stage got: a new split is made for every row, and its SMs
         // are the driver's choice.
         let (enc, dec) = p.streams();
@@ -236,9 +239,10 @@ fn lt_sweep(
             kernels.probe_sms(&dec, false)?,
         );
         println!(
-            "| {label} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            "| {label} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
             r.frame_period_ms,
             again.frame_period_ms,
+            recaptured.frame_period_ms,
             r.encoder_solo.p50,
             r.decoder_loaded.map_or(f64::NAN, |d| d.p50),
             sm_ranges(&enc),
@@ -246,8 +250,8 @@ fn lt_sweep(
         );
         Ok(())
     };
-    println!("\n| green 50-50 with | frame ms | frame again ms | encoder solo ms | decoder under load ms | encoder SMs | decoder SMs |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| green 50-50 with | frame ms | frame again ms | frame, graphs recaptured ms | encoder solo ms | decoder under load ms | encoder SMs | decoder SMs |");
+    println!("|---|---|---|---|---|---|---|---|");
     // The baseline with the engine's own candidate count, which the down projection's
     // preferred pick depends on.
     measure("default")?;
@@ -257,7 +261,7 @@ fn lt_sweep(
         for i in 0..candidates {
             std::env::set_var("PI0_LT_PICK", format!("{shape}:{i}"));
             if let Err(e) = measure(&format!("{shape}:{i}")) {
-                println!("| {shape}:{i} | error: {e} | | | | | |");
+                println!("| {shape}:{i} | error: {e} | | | | | | |");
             }
         }
     }

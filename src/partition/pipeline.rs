@@ -365,6 +365,31 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         )
     }
 
+    /// Drops the current split's graphs and captures them again on the same streams, after
+    /// the enqueued frames finish. Measurement tool: a re-made 50-50 split is in one of two
+    /// states ~0.25 ms of frame apart (partition-notes v18); this tells whether the state
+    /// lives in the graphs or in the split's contexts and streams.
+    pub fn recapture_graphs(&self) -> Result<()> {
+        self.synchronize()?;
+        let a = lock(&self.inner.swap).current().clone();
+        let p = &a.prepared;
+        let stages = [Stage::Encoder, Stage::Decoder];
+        for stage in stages {
+            // Dropped outside the lock (destroying a graph exec may wait on the driver).
+            let old: Vec<_> = lock(p.graphs(stage)).iter_mut().map(Option::take).collect();
+            drop(old);
+        }
+        lock(&p.requested).clear();
+        if a.use_graphs {
+            for stage in stages {
+                for slot in 0..self.inner.engine.prefix_slots() {
+                    self.capture_one(p, stage, slot)?;
+                }
+            }
+        }
+        self.inner.ctx.bind_to_thread().map_err(gpu("bind context"))
+    }
+
     /// The graph-capture streams of the current partition (same contexts as `streams()`).
     pub fn capture_streams(&self) -> (Arc<CudaStream>, Arc<CudaStream>) {
         let a = lock(&self.inner.swap).current().clone();
