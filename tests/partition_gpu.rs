@@ -27,6 +27,16 @@ fn small() -> SyntheticConfig {
     }
 }
 
+/// The partition pipeline over the small synthetic stages, with default options.
+fn synthetic_pipeline(ctx: &Arc<CudaContext>) -> PartitionedPi0<SyntheticStages> {
+    PartitionedPi0::new(
+        ctx.clone(),
+        SyntheticStages::new(ctx, small()).unwrap(),
+        PipelineOptions::default(),
+    )
+    .unwrap()
+}
+
 fn workload(s: &SyntheticStages) -> Workload {
     let mut inputs = Vec::new();
     let mut noise = Vec::new();
@@ -60,12 +70,7 @@ fn cuda_probe_never_panics() {
 fn green_partitions_confine_eager_and_graph_launches() {
     let Some(ctx) = gpu() else { return };
     let kernels = PartitionKernels::load(&ctx).unwrap();
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     let rows = bench::confinement(
         &p,
         &kernels,
@@ -88,12 +93,7 @@ fn green_partitions_confine_eager_and_graph_launches() {
 #[test]
 fn invalid_split_is_refused_and_nothing_changes() {
     let Some(ctx) = gpu() else { return };
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     p.set_split(70, 30).unwrap();
     let before = p.partition();
     assert!(p.set_split(0, 50).is_err());
@@ -108,12 +108,7 @@ fn invalid_split_is_refused_and_nothing_changes() {
 #[test]
 fn concurrent_equals_sequential_with_reconfigurations() {
     let Some(ctx) = gpu() else { return };
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     let w = workload(p.engine());
     let eq = bench::equivalence(
         &p,
@@ -140,12 +135,7 @@ fn concurrent_equals_sequential_with_reconfigurations() {
 #[test]
 fn pipelined_forward_uses_previous_prefix() {
     let Some(ctx) = gpu() else { return };
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     let w = workload(p.engine());
     let a = p
         .forward_mps(&w.inputs[0], &w.noise[0], 70, 30, true)
@@ -180,12 +170,7 @@ fn pipelined_forward_uses_previous_prefix() {
 #[test]
 fn reconfiguration_under_load_loses_no_frames() {
     let Some(ctx) = gpu() else { return };
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     let w = workload(p.engine());
     let splits = [
         (Backend::Green, req(70, 30)),
@@ -208,12 +193,7 @@ fn reconfiguration_under_load_loses_no_frames() {
 fn mps_backend_is_confined_or_explains_the_daemon() {
     let Some(ctx) = gpu() else { return };
     let kernels = PartitionKernels::load(&ctx).unwrap();
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     match p.reconfigure(Backend::Mps, req(70, 30), false, true) {
         Err(e) => {
             let m = e.to_string();
@@ -252,12 +232,7 @@ fn mps_backend_is_confined_or_explains_the_daemon() {
 #[test]
 fn recaptured_graphs_run_and_give_the_same_actions() {
     let Some(ctx) = gpu() else { return };
-    let p = PartitionedPi0::new(
-        ctx.clone(),
-        SyntheticStages::new(&ctx, small()).unwrap(),
-        PipelineOptions::default(),
-    )
-    .unwrap();
+    let p = synthetic_pipeline(&ctx);
     let w = workload(p.engine());
     let before = p
         .forward_mps(&w.inputs[0], &w.noise[0], 50, 50, false)

@@ -373,21 +373,27 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         self.synchronize()?;
         let a = lock(&self.inner.swap).current().clone();
         let p = &a.prepared;
-        let stages = [Stage::Encoder, Stage::Decoder];
-        for stage in stages {
+        for stage in [Stage::Encoder, Stage::Decoder] {
             // Dropped outside the lock (destroying a graph exec may wait on the driver).
             let old: Vec<_> = lock(p.graphs(stage)).iter_mut().map(Option::take).collect();
             drop(old);
         }
         lock(&p.requested).clear();
         if a.use_graphs {
-            for stage in stages {
-                for slot in 0..self.inner.engine.prefix_slots() {
-                    self.capture_one(p, stage, slot)?;
-                }
-            }
+            self.capture_all(p)?;
         }
         self.inner.ctx.bind_to_thread().map_err(gpu("bind context"))
+    }
+
+    /// Captures every slot's encoder graph, then every slot's decoder graph, for the shapes
+    /// already seen; others are captured on demand.
+    fn capture_all(&self, p: &PreparedSplit) -> Result<()> {
+        for stage in [Stage::Encoder, Stage::Decoder] {
+            for slot in 0..self.inner.engine.prefix_slots() {
+                self.capture_one(p, stage, slot)?;
+            }
+        }
+        Ok(())
     }
 
     /// The graph-capture streams of the current partition (same contexts as `streams()`).
@@ -509,13 +515,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         };
         let t0 = Instant::now();
         if use_graphs {
-            // Shapes already seen get their graphs now; others are captured on demand.
-            for slot in 0..n {
-                self.capture_one(&prepared, Stage::Encoder, slot)?;
-            }
-            for slot in 0..n {
-                self.capture_one(&prepared, Stage::Decoder, slot)?;
-            }
+            self.capture_all(&prepared)?;
         }
         inner.ctx.bind_to_thread().map_err(gpu("bind context"))?;
         Ok(PreparedSplit {

@@ -8,6 +8,7 @@ use cudarc::driver::{sys, CudaGraph, CudaStream};
 
 use crate::engine::ModelInput;
 use crate::error::{Error, Result};
+use crate::gpu::device::cu;
 
 /// The encoder/decoder stages of a π0 engine, enqueued on a caller-chosen stream.
 ///
@@ -87,16 +88,10 @@ impl StageGraph {
     }
     /// Launches on `stream` (the graph keeps the SMs of the context it was captured in).
     pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-        let r = unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.cu_stream()) };
-        if r == sys::CUresult::CUDA_SUCCESS {
-            Ok(())
-        } else {
-            Err(Error::Gpu(format!("cuGraphLaunch: {r:?}")))
-        }
+        // SAFETY: a valid exec and a stream of the same device.
+        self.on_stream(stream, "cuGraphLaunch", |g, s| unsafe {
+            sys::cuGraphLaunch(g, s)
+        })
     }
     pub fn upload(&self) -> Result<()> {
         self.graph
@@ -105,16 +100,23 @@ impl StageGraph {
     }
     /// Uploads on `stream` (ordered behind the work already queued there).
     pub fn upload_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        // SAFETY: a valid exec and a stream of the same device.
+        self.on_stream(stream, "cuGraphUpload", |g, s| unsafe {
+            sys::cuGraphUpload(g, s)
+        })
+    }
+    /// Runs the driver call `f` on this graph and `stream`, with `stream`'s context bound.
+    fn on_stream(
+        &self,
+        stream: &Arc<CudaStream>,
+        what: &str,
+        f: impl FnOnce(sys::CUgraphExec, sys::CUstream) -> sys::CUresult,
+    ) -> Result<()> {
         stream
             .context()
             .bind_to_thread()
             .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-        let r = unsafe { sys::cuGraphUpload(self.graph.cu_graph_exec(), stream.cu_stream()) };
-        if r == sys::CUresult::CUDA_SUCCESS {
-            Ok(())
-        } else {
-            Err(Error::Gpu(format!("cuGraphUpload: {r:?}")))
-        }
+        cu(f(self.graph.cu_graph_exec(), stream.cu_stream()), what)
     }
 }
 
