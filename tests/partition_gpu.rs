@@ -7,7 +7,9 @@ use std::time::Duration;
 use cudarc::driver::CudaContext;
 use pi0_mps::partition::bench::{self, Workload};
 use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
-use pi0_mps::partition::{cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest};
+use pi0_mps::partition::{
+    cuda_available, split, Backend, PartitionedPi0, PipelineOptions, SmLayout, SplitRequest,
+};
 
 fn gpu() -> Option<Arc<CudaContext>> {
     match cuda_available() {
@@ -55,6 +57,18 @@ fn workload(s: &SyntheticStages) -> Workload {
 
 fn req(e: u32, d: u32) -> SplitRequest {
     SplitRequest::new(e, d).unwrap()
+}
+
+/// The device's green-context layout (SM count and groups), as the pipeline reads it.
+fn green_layout(ctx: &Arc<CudaContext>) -> SmLayout {
+    pi0_mps::partition::pipeline::device_layout(ctx).unwrap()
+}
+
+/// The SMs the planner gives each stage of `request` on `layout`: what a split on this GPU
+/// must report (70-30 on a 132-SM H100: 92 / 40), whatever the GPU's SM count.
+fn planned_sms(backend: Backend, request: SplitRequest, layout: SmLayout) -> (u32, u32) {
+    let plan = split::plan(backend, request, layout).unwrap();
+    (plan.encoder_sms(&layout), plan.decoder_sms(&layout))
 }
 
 #[test]
@@ -164,7 +178,10 @@ fn pipelined_forward_uses_previous_prefix() {
         .forward_mps(&w.inputs[3], &w.noise[3], 70, 30, true)
         .unwrap();
     assert_eq!(p.partition().backend, Backend::Green);
-    assert_eq!((d.encoder_sms, d.decoder_sms), (92, 40));
+    assert_eq!(
+        (d.encoder_sms, d.decoder_sms),
+        planned_sms(Backend::Green, req(70, 30), green_layout(&ctx))
+    );
 }
 
 #[test]
@@ -210,7 +227,11 @@ fn mps_backend_is_confined_or_explains_the_daemon() {
             )
             .unwrap();
             println!("{}", bench::confinement_table(&rows));
-            assert_eq!((rows[0].encoder_sms, rows[0].decoder_sms), (92, 40));
+            let total = green_layout(&ctx).total;
+            assert_eq!(
+                (rows[0].encoder_sms, rows[0].decoder_sms),
+                planned_sms(Backend::Mps, req(70, 30), SmLayout::uniform(total, 1))
+            );
             for r in &rows {
                 assert!(r.ok(), "{r:?}");
             }
