@@ -218,6 +218,10 @@ fn lt_sweep(
         decoder_pct: 50,
     };
     let kernels = PartitionKernels::load(p.context())?;
+    let recaptures: usize = std::env::var("PI0_SWEEP_RECAPTURES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     // Plans are made again, and the split's graphs captured again, under the current picks.
     let measure = |label: &str| -> pi0_mps::Result<()> {
         p.reconfigure(Backend::None, SplitRequest::whole(), false, true)?;
@@ -229,8 +233,13 @@ fn lt_sweep(
         // The same split measured again: tells a state of the split from drift over time.
         let again = bench::measure(p, label, work, iterations)?;
         // The same split with its graphs captured again: a state of the graphs or of the split.
-        p.recapture_graphs()?;
-        let recaptured = bench::measure(p, label, work, iterations)?;
+        // `PI0_SWEEP_RECAPTURES` times, each measured (default once).
+        let mut recaptured = Vec::new();
+        for _ in 0..recaptures {
+            p.recapture_graphs()?;
+            let r = bench::measure(p, label, work, iterations)?;
+            recaptured.push(format!("{:.3}", r.frame_period_ms));
+        }
         // Which physical SMs each stage got: a new split is made for every row, and its SMs
         // are the driver's choice.
         let (enc, dec) = p.streams();
@@ -239,10 +248,10 @@ fn lt_sweep(
             kernels.probe_sms(&dec, false)?,
         );
         println!(
-            "| {label} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            "| {label} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {} | {} |",
             r.frame_period_ms,
             again.frame_period_ms,
-            recaptured.frame_period_ms,
+            recaptured.join(" / "),
             r.encoder_solo.p50,
             r.decoder_loaded.map_or(f64::NAN, |d| d.p50),
             sm_ranges(&enc),

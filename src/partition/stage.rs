@@ -126,7 +126,7 @@ pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> R
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| Error::Gpu(format!("begin capture: {e}")))?;
     let res = body();
-    let end = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    let end = stream.end_capture(instantiate_flags());
     res?;
     let g = end
         .map_err(|e| Error::Gpu(format!("end capture: {e}")))?
@@ -149,6 +149,19 @@ pub enum GraphUpload {
     Launch,
     /// Not uploaded ahead: the first launch uploads it.
     FirstLaunch,
+}
+
+/// Flags the stage graphs are instantiated with (`PI0_GRAPH_INSTANTIATE`): `device-launch`
+/// keeps a graph's whole launch state in device memory (a placement experiment, like
+/// `PI0_GRAPH_UPLOAD`); `node-priority` launches each node at its captured priority. Default:
+/// none.
+pub fn instantiate_flags() -> sys::CUgraphInstantiate_flags {
+    type F = sys::CUgraphInstantiate_flags;
+    match std::env::var("PI0_GRAPH_INSTANTIATE").as_deref() {
+        Ok("device-launch") => F::CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH,
+        Ok("node-priority") => F::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY,
+        _ => sys::CUgraphInstantiate_flags_enum(0),
+    }
 }
 
 pub fn upload_where() -> GraphUpload {
