@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{sys, CudaContext, CudaEvent, CudaGraph, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 
 use super::device::{self, copy_2d, cu, drv, dtoh_async, htod_async, DBuf, Kernels, Pinned, A, K};
 use super::lt::{Gemm, LtCache, LtHandle};
 use super::weights::{GemmaLayer, RandomSource, WeightSource, Weights};
-use super::{GpuOptions, StageGraph};
+use super::{GpuOptions, Graph, StageGraph};
 use crate::engine::{noise_chunk, ModelInput, PolicyEngine};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::LoadedCheckpoint;
@@ -1590,21 +1590,9 @@ impl Pi0Cuda {
 
     // ------------------------------------------------------------------ graphs
 
-    fn capture(
-        &self,
-        stream: &Arc<CudaStream>,
-        f: impl FnOnce() -> Result<()>,
-    ) -> Result<CudaGraph> {
-        drv(
-            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-            "begin capture",
-        )?;
-        let r = f();
-        let g = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        r?;
-        let g = drv(g, "end capture / instantiate")?;
-        let g = g.ok_or_else(|| Error::Gpu("graph capture produced no graph".into()))?;
-        drv(g.upload(), "graph upload")?;
+    fn capture(&self, stream: &Arc<CudaStream>, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        let g = Graph::capture(stream, sys::CUgraphInstantiate_flags(0), f)?;
+        g.upload()?;
         Ok(g)
     }
 

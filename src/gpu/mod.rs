@@ -20,6 +20,7 @@
 
 pub(crate) mod device;
 mod engine;
+pub mod graph;
 mod lt;
 pub mod probe;
 mod skinny;
@@ -27,14 +28,16 @@ mod weights;
 
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaGraph, CudaStream};
+use cudarc::driver::CudaStream;
+
+pub use graph::Graph;
 
 pub use device::arch_for;
 pub use engine::{Pi0Cuda, StageTimes};
 pub use probe::{check_libraries, skip_reason};
 pub use weights::{time_embedding, RandomSource, WeightSource};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Engine construction options. The maxima size the static buffers (and so bound what
 /// `forward` accepts); views are capped at the model's `num_views`, the prompt at its
@@ -93,32 +96,20 @@ impl Default for GpuOptions {
 /// A captured stage (encoder or decoder) for one (stream, slot, shape). Launch it on any stream;
 /// it runs on the SMs of the stream it was captured on.
 pub struct StageGraph {
-    pub(crate) graph: CudaGraph,
+    pub(crate) graph: Graph,
     /// (stage 0 = encoder / 1 = decoder, slot, decoder slot, views or prefix length, prompt
     /// tokens or chunk).
     pub(crate) key: (u8, usize, usize, usize, usize),
 }
 
-// SAFETY: the graph exec is only launched through &self by one thread at a time (callers keep
-// graphs behind their own synchronisation; the engine keeps its own in a Mutex).
-unsafe impl Send for StageGraph {}
-
 impl StageGraph {
     /// Launches on the stream it was captured on.
     pub fn launch(&self) -> Result<()> {
-        self.graph
-            .launch()
-            .map_err(|e| Error::Gpu(format!("graph launch: {e:?}")))
+        self.graph.launch()
     }
     /// Launches on `stream` (the graph keeps the SM confinement of its capture stream).
     pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("{e:?}")))?;
-        // SAFETY: valid exec and stream of the same device.
-        let r = unsafe { sys::cuGraphLaunch(self.graph.cu_graph_exec(), stream.cu_stream()) };
-        device::cu(r, "cuGraphLaunch")
+        self.graph.launch_on(stream)
     }
     /// True for an encoder graph, false for a decoder graph.
     pub fn is_encoder(&self) -> bool {

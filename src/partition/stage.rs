@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaGraph, CudaStream};
+use cudarc::driver::{sys, CudaStream};
 
 use crate::engine::ModelInput;
-use crate::error::{Error, Result};
-use crate::gpu::device::cu;
+use crate::error::Result;
 
 /// The encoder/decoder stages of a π0 engine, enqueued on a caller-chosen stream.
 ///
@@ -67,71 +66,11 @@ pub trait StageEngine: Send + Sync {
 }
 
 /// An instantiated graph of one stage, bound to the SMs of the stream it was captured on.
-pub struct StageGraph {
-    graph: CudaGraph,
-}
-
-// A CudaGraph is not internally synchronised; the pipeline launches each one under the mutex
-// of its stage, never from two threads at once.
-unsafe impl Send for StageGraph {}
-unsafe impl Sync for StageGraph {}
-
-impl StageGraph {
-    pub fn new(graph: CudaGraph) -> Self {
-        StageGraph { graph }
-    }
-    /// Launches on the stream it was captured on.
-    pub fn launch(&self) -> Result<()> {
-        self.graph
-            .launch()
-            .map_err(|e| Error::Gpu(format!("graph launch: {e}")))
-    }
-    /// Launches on `stream` (the graph keeps the SMs of the context it was captured in).
-    pub fn launch_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        // SAFETY: a valid exec and a stream of the same device.
-        self.on_stream(stream, "cuGraphLaunch", |g, s| unsafe {
-            sys::cuGraphLaunch(g, s)
-        })
-    }
-    pub fn upload(&self) -> Result<()> {
-        self.graph
-            .upload()
-            .map_err(|e| Error::Gpu(format!("graph upload: {e}")))
-    }
-    /// Uploads on `stream` (ordered behind the work already queued there).
-    pub fn upload_on(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        // SAFETY: a valid exec and a stream of the same device.
-        self.on_stream(stream, "cuGraphUpload", |g, s| unsafe {
-            sys::cuGraphUpload(g, s)
-        })
-    }
-    /// Runs the driver call `f` on this graph and `stream`, with `stream`'s context bound.
-    fn on_stream(
-        &self,
-        stream: &Arc<CudaStream>,
-        what: &str,
-        f: impl FnOnce(sys::CUgraphExec, sys::CUstream) -> sys::CUresult,
-    ) -> Result<()> {
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-        cu(f(self.graph.cu_graph_exec(), stream.cu_stream()), what)
-    }
-}
+pub use crate::gpu::Graph as StageGraph;
 
 /// Captures what `body` enqueues on `stream` into an instantiated graph.
 pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> Result<StageGraph> {
-    stream
-        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .map_err(|e| Error::Gpu(format!("begin capture: {e}")))?;
-    let res = body();
-    let end = stream.end_capture(instantiate_flags());
-    res?;
-    let g = end
-        .map_err(|e| Error::Gpu(format!("end capture: {e}")))?
-        .ok_or_else(|| Error::Gpu("captured an empty graph".into()))?;
-    let g = StageGraph::new(g);
+    let g = StageGraph::capture(stream, instantiate_flags(), body)?;
     if upload_where() == GraphUpload::Capture {
         g.upload()?;
     }
