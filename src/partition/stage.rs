@@ -70,7 +70,7 @@ pub use crate::gpu::Graph as StageGraph;
 
 /// Captures what `body` enqueues on `stream` into an instantiated graph.
 pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> Result<StageGraph> {
-    let g = StageGraph::capture(stream, instantiate_flags(), body)?;
+    let g = StageGraph::capture(stream, sys::CUgraphInstantiate_flags(0), body)?;
     if upload_where() == GraphUpload::Capture {
         g.upload()?;
     }
@@ -88,19 +88,6 @@ pub enum GraphUpload {
     Launch,
     /// Not uploaded ahead: the first launch uploads it.
     FirstLaunch,
-}
-
-/// Flags the stage graphs are instantiated with (`PI0_GRAPH_INSTANTIATE`): `device-launch`
-/// keeps a graph's whole launch state in device memory (a placement experiment, like
-/// `PI0_GRAPH_UPLOAD`); `node-priority` launches each node at its captured priority. Default:
-/// none.
-pub fn instantiate_flags() -> sys::CUgraphInstantiate_flags {
-    type F = sys::CUgraphInstantiate_flags;
-    match std::env::var("PI0_GRAPH_INSTANTIATE").as_deref() {
-        Ok("device-launch") => F::CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH,
-        Ok("node-priority") => F::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY,
-        _ => sys::CUgraphInstantiate_flags_enum(0),
-    }
 }
 
 pub fn upload_where() -> GraphUpload {
