@@ -227,10 +227,13 @@ fn mps_backend_is_confined_or_explains_the_daemon() {
             )
             .unwrap();
             println!("{}", bench::confinement_table(&rows));
-            let total = green_layout(&ctx).total;
             assert_eq!(
                 (rows[0].encoder_sms, rows[0].decoder_sms),
-                planned_sms(Backend::Mps, req(70, 30), SmLayout::uniform(total, 1))
+                planned_sms(
+                    Backend::Mps,
+                    req(70, 30),
+                    SmLayout::uniform(p.total_sms(), 1)
+                )
             );
             for r in &rows {
                 assert!(r.ok(), "{r:?}");

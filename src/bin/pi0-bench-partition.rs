@@ -237,8 +237,8 @@ fn lt_sweep(
         let mut recaptured = Vec::new();
         for _ in 0..recaptures {
             p.recapture_graphs()?;
-            let r = bench::measure(p, label, work, iterations)?;
-            recaptured.push(format!("{:.3}", r.frame_period_ms));
+            let m = bench::measure(p, label, work, iterations)?;
+            recaptured.push(format!("{:.3}", m.frame_period_ms));
         }
         // Which physical SMs each stage got: a new split is made for every row, and its SMs
         // are the driver's choice.

@@ -20,7 +20,7 @@
 
 pub(crate) mod device;
 mod engine;
-pub mod graph;
+mod graph;
 mod lt;
 pub mod probe;
 mod skinny;

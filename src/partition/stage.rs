@@ -77,9 +77,9 @@ pub fn capture(stream: &Arc<CudaStream>, body: impl FnOnce() -> Result<()>) -> R
     Ok(g)
 }
 
-/// Where a captured stage graph is uploaded (`PI0_GRAPH_UPLOAD`): a re-made split's frame is
-/// either ~10.6 or ~10.9 ms on the same SMs (partition-notes v18), and where the graph's
-/// device-side state lives is one thing chosen when a split is made.
+/// Where a captured stage graph is uploaded (`PI0_GRAPH_UPLOAD`): a placement experiment for
+/// the two frame states of a re-made split (partition-notes v18); on the H200 none of the
+/// three placements changed the frame (v19).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum GraphUpload {
     /// On the capture stream, right after instantiation (the default).
