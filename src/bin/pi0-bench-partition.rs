@@ -68,6 +68,11 @@ struct Args {
     /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
     #[arg(long, default_value_t = 6)]
     lt_candidates: usize,
+    /// Study (pi0 engine): each stage on its half of the green 50-50 split, alone and beside
+    /// aggressors that load one shared resource each (power, launches, L2, HBM), then beside
+    /// the other stage; this many runs per row, instead of the other measurements.
+    #[arg(long, default_value_t = 0)]
+    interference: usize,
 }
 
 /// `E-D` → (E, D), both percentages in 1..=100.
@@ -195,6 +200,9 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             if let Some(shapes) = &args.lt_sweep {
                 return lt_sweep(&p, &work, shapes, args.lt_candidates, args.iterations);
             }
+            if args.interference > 0 {
+                return interference(&p, &work, args.interference);
+            }
             run_all(args, backend, &p, &work, Some(native))
         }
         other => Err(pi0_mps::Error::Parameter {
@@ -277,6 +285,38 @@ fn lt_sweep(
     std::env::remove_var("PI0_LT_PICK");
     std::env::remove_var("PI0_LT_CANDS");
     measure("default (again)")
+}
+
+/// --interference: the green 50-50 split, each stage timed beside each aggressor.
+fn interference<E: StageEngine + 'static>(
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    n: usize,
+) -> pi0_mps::Result<()> {
+    use pi0_mps::partition::interference::{self as inf, Aggressors, Load, Victim};
+    let agg = Aggressors::load(p.context())?;
+    p.reconfigure(
+        Backend::Green,
+        SplitRequest {
+            encoder_pct: 50,
+            decoder_pct: 50,
+        },
+        true,
+        true,
+    )?;
+    let info = p.partition();
+    println!(
+        "interference study on green 50-50: encoder {} SMs, decoder {} SMs, {n} runs per row",
+        info.encoder_sms, info.decoder_sms
+    );
+    let mut rows = Vec::new();
+    for victim in [Victim::Decoder, Victim::Encoder] {
+        let r = inf::study(p, work, &agg, victim, &Load::all(), n)?;
+        println!("{}", inf::table(&r));
+        rows.extend(r);
+    }
+    println!("\n{}", inf::table(&rows));
+    Ok(())
 }
 
 /// `{0,1,2,5,7,8}` → `0-2,5,7-8`.

@@ -48,10 +48,10 @@ pub struct Workload {
 }
 
 impl Workload {
-    fn input(&self, i: usize) -> &ModelInput {
+    pub fn input(&self, i: usize) -> &ModelInput {
         &self.inputs[i % self.inputs.len()]
     }
-    fn noise(&self, i: usize) -> &[f32] {
+    pub fn noise(&self, i: usize) -> &[f32] {
         &self.noise[i % self.noise.len()]
     }
 }

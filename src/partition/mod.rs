@@ -11,11 +11,13 @@
 //! * [`swap`]: the GPU-free state machines (frame-boundary swap, bounded cache, prefix slots).
 //! * [`synthetic`]: the %smid probe and synthetic stages of π0's shape.
 //! * [`bench`]: the six-way benchmark.
+//! * [`interference`]: what slows a stage down beside the other (shared power, L2, HBM, launches).
 //!
 //! docs/tuning.md says how to choose a split; docs/partition-notes.md what was measured.
 
 pub mod bench;
 pub mod device;
+pub mod interference;
 pub mod pi0;
 pub mod pipeline;
 pub mod split;

@@ -1,0 +1,383 @@
+//! Interference study: why each stage runs slower beside the other than alone on the same SMs.
+//!
+//! SM partitions divide the SMs and nothing else: power, the L2, HBM and the launch path stay
+//! shared. One stage (the victim) runs on its partition while an aggressor that loads one of
+//! those resources runs flat out on the other partition (kernels/partition/aggressor.cu); the
+//! victim's slowdown against running alone says how much of the real pairing's slowdown that
+//! resource explains. `pi0-bench-partition --interference` prints the table.
+
+use std::ffi::{c_void, CString};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{sys, CudaContext, CudaStream};
+
+use super::bench::{streaming_under_load, Summary, Workload};
+use super::pipeline::PartitionedPi0;
+use super::stage::StageEngine;
+use super::synthetic::DevBuf;
+use crate::error::{Error, Result};
+use crate::gpu::device::{cu, library_kernel, load_library};
+
+const SRC: &str = include_str!("../../kernels/partition/aggressor.cu");
+
+/// A long-running aggressor stops itself after this long even if the stop flag never comes.
+const MAX_AGGRESSOR_NS: u64 = 20_000_000_000;
+
+/// What the aggressor partition runs while the victim is timed.
+#[derive(Clone, Debug)]
+pub enum Load {
+    /// Nothing: the victim alone on its partition.
+    Idle,
+    /// FMA chains only (power and clocks).
+    Spin,
+    /// Reads of a buffer of `bytes`, `blocks_per_sm` blocks of `threads` per SM: larger than
+    /// the L2 it loads HBM, smaller only the L2.
+    Read {
+        bytes: usize,
+        blocks_per_sm: u32,
+        threads: u32,
+    },
+    /// Empty kernels of one block per SM, launched back to back from a host thread.
+    Launches,
+    /// The other stage itself, streaming (the pairing being explained).
+    OtherStage,
+}
+
+impl Load {
+    fn label(&self) -> String {
+        match self {
+            Load::Idle => "alone".into(),
+            Load::Spin => "FMA spin".into(),
+            Load::Read {
+                bytes,
+                blocks_per_sm,
+                threads,
+            } => format!(
+                "reads of {} MiB, {blocks_per_sm} × {threads} threads per SM",
+                bytes >> 20
+            ),
+            Load::Launches => "empty kernels back to back".into(),
+            Load::OtherStage => "the other stage, streaming".into(),
+        }
+    }
+
+    /// The loads of the study, lightest first.
+    pub fn all() -> Vec<Load> {
+        let read = |mib: usize, blocks_per_sm, threads| Load::Read {
+            bytes: mib << 20,
+            blocks_per_sm,
+            threads,
+        };
+        vec![
+            Load::Idle,
+            Load::Spin,
+            Load::Launches,
+            read(16, 2, 512),
+            read(2048, 1, 128),
+            read(2048, 1, 512),
+            read(2048, 2, 1024),
+            Load::OtherStage,
+        ]
+    }
+}
+
+/// Which stage is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Victim {
+    Encoder,
+    Decoder,
+}
+
+/// One measurement: the victim's latency under one load.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub victim: Victim,
+    pub load: String,
+    pub victim_ms: Summary,
+    /// What the aggressor achieved meanwhile: GB/s read, or launches per ms.
+    pub aggressor: Option<String>,
+}
+
+/// The aggressor kernels, loaded context-independently (they launch in green contexts).
+pub struct Aggressors {
+    ctx: Arc<CudaContext>,
+    lib: sys::CUlibrary,
+    spin: sys::CUkernel,
+    read: sys::CUkernel,
+    empty: sys::CUkernel,
+}
+
+// SAFETY: the handles are plain driver handles, valid in every thread once loaded.
+unsafe impl Send for Aggressors {}
+unsafe impl Sync for Aggressors {}
+
+impl Drop for Aggressors {
+    fn drop(&mut self) {
+        // SAFETY: loaded in `load`, unloaded once.
+        unsafe {
+            sys::cuLibraryUnload(self.lib);
+        }
+    }
+}
+
+fn gpu<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::Gpu(format!("{what}: {e}"))
+}
+
+impl Aggressors {
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        ctx.bind_to_thread().map_err(gpu("bind context"))?;
+        let (maj, min) = ctx
+            .compute_capability()
+            .map_err(gpu("compute capability"))?;
+        let arch: &'static str = Box::leak(format!("sm_{maj}{min}").into_boxed_str());
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+            SRC,
+            cudarc::nvrtc::CompileOptions {
+                arch: Some(arch),
+                ..Default::default()
+            },
+        )
+        .map_err(gpu("NVRTC (kernels/partition/aggressor.cu)"))?;
+        let text = CString::new(ptx.to_src()).map_err(gpu("PTX"))?;
+        // SAFETY: `text` is NUL-terminated PTX.
+        let lib = unsafe { load_library(text.as_ptr() as *const c_void) }?;
+        Ok(Aggressors {
+            ctx: ctx.clone(),
+            spin: library_kernel(lib, "agg_spin")?,
+            read: library_kernel(lib, "agg_read")?,
+            empty: library_kernel(lib, "agg_empty")?,
+            lib,
+        })
+    }
+
+    /// # Safety
+    /// `params` must match the kernel's parameter list.
+    unsafe fn launch(
+        &self,
+        k: sys::CUkernel,
+        stream: &Arc<CudaStream>,
+        grid: u32,
+        block: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(gpu("bind context"))?;
+        cu(
+            sys::cuLaunchKernel(
+                k as sys::CUfunction,
+                grid,
+                1,
+                1,
+                block,
+                1,
+                1,
+                0,
+                stream.cu_stream(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel (aggressor)",
+        )
+    }
+}
+
+/// Times `victim` `n` times on the current split under each of `loads`, the aggressor on the
+/// other stage's partition. The pipeline must be concurrent on a split (green or MPS).
+pub fn study<E: StageEngine + 'static>(
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    agg: &Aggressors,
+    victim: Victim,
+    loads: &[Load],
+    n: usize,
+) -> Result<Vec<Row>> {
+    let info = p.partition();
+    if !info.concurrent || info.shared_sms > 0 {
+        return Err(Error::Gpu(
+            "interference study: needs a concurrent split without shared SMs".into(),
+        ));
+    }
+    let (enc, dec) = p.streams();
+    let (victim_stream, agg_stream, agg_sms) = match victim {
+        Victim::Encoder => (enc, dec, info.decoder_sms),
+        Victim::Decoder => (dec, enc, info.encoder_sms),
+    };
+    // A prefix for the decoder to read, and both stages warm.
+    p.encode(work.input(0))?;
+    p.synchronize()?;
+    let time_victim = || -> Result<Summary> {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            v.push(match victim {
+                Victim::Decoder => {
+                    p.request_actions(&work.input(i).state, work.noise(i))?
+                        .latency_ms
+                }
+                Victim::Encoder => {
+                    let t0 = Instant::now();
+                    p.encode(work.input(i))?;
+                    t0.elapsed().as_secs_f64() * 1e3
+                }
+            });
+        }
+        Ok(Summary::of(&v))
+    };
+    time_victim()?;
+    let stop = DevBuf::new(&agg.ctx, 4)?;
+    let counter = DevBuf::new(&agg.ctx, 8)?;
+    let sink = DevBuf::new(&agg.ctx, 4)?;
+    let mut rows = Vec::new();
+    for load in loads {
+        let (victim_ms, aggressor) = match load {
+            Load::Idle => (time_victim()?, None),
+            Load::OtherStage => {
+                let (dec_loaded, enc_period) = streaming_under_load(p, work, n)?;
+                match victim {
+                    Victim::Decoder => (dec_loaded, None),
+                    // The encoder's period while decoders run back to back: one number.
+                    Victim::Encoder => (Summary::of(&[enc_period]), None),
+                }
+            }
+            Load::Launches => {
+                let running = AtomicBool::new(true);
+                let launches = AtomicU64::new(0);
+                let t0 = Instant::now();
+                let timed = std::thread::scope(|s| {
+                    let launcher = s.spawn(|| -> Result<()> {
+                        while running.load(Ordering::Relaxed) {
+                            // SAFETY: agg_empty takes no parameters.
+                            unsafe { agg.launch(agg.empty, &agg_stream, agg_sms, 128, &mut [])? };
+                            launches.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    });
+                    std::thread::sleep(Duration::from_millis(5));
+                    let r = time_victim();
+                    running.store(false, Ordering::Relaxed);
+                    let l = launcher
+                        .join()
+                        .map_err(|_| Error::Gpu("launcher thread panicked".into()));
+                    r.and_then(|r| l.and_then(|l| l.map(|_| r)))
+                })?;
+                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
+                let per_ms =
+                    launches.load(Ordering::Relaxed) as f64 / (t0.elapsed().as_secs_f64() * 1e3);
+                (timed, Some(format!("{per_ms:.0} launches/ms")))
+            }
+            Load::Spin | Load::Read { .. } => {
+                stop.fill_u32(&agg_stream, 0, 1)?;
+                counter.fill_u32(&agg_stream, 0, 2)?;
+                let buf = match load {
+                    Load::Read { bytes, .. } => Some(DevBuf::new(&agg.ctx, *bytes)?),
+                    _ => None,
+                };
+                if let Some(b) = &buf {
+                    // Finite values, so the sums stay ordinary arithmetic.
+                    b.fill_u32(&agg_stream, 0x3f80_0000, b.bytes / 4)?;
+                }
+                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
+                let mut stop_ptr = stop.ptr;
+                let mut max_ns = MAX_AGGRESSOR_NS;
+                let mut sink_ptr = sink.ptr;
+                let t0 = Instant::now();
+                match (load, &buf) {
+                    (
+                        Load::Read {
+                            blocks_per_sm,
+                            threads,
+                            ..
+                        },
+                        Some(b),
+                    ) => {
+                        let mut buf_ptr = b.ptr;
+                        let mut n4 = (b.bytes / 16) as i64;
+                        let mut count_ptr = counter.ptr;
+                        // SAFETY: the parameters match agg_read's list.
+                        unsafe {
+                            agg.launch(
+                                agg.read,
+                                &agg_stream,
+                                agg_sms * blocks_per_sm,
+                                *threads,
+                                &mut [
+                                    &mut stop_ptr as *mut _ as *mut c_void,
+                                    &mut max_ns as *mut _ as *mut c_void,
+                                    &mut buf_ptr as *mut _ as *mut c_void,
+                                    &mut n4 as *mut _ as *mut c_void,
+                                    &mut count_ptr as *mut _ as *mut c_void,
+                                    &mut sink_ptr as *mut _ as *mut c_void,
+                                ],
+                            )?
+                        }
+                    }
+                    // SAFETY: the parameters match agg_spin's list.
+                    _ => unsafe {
+                        agg.launch(
+                            agg.spin,
+                            &agg_stream,
+                            agg_sms * 2,
+                            512,
+                            &mut [
+                                &mut stop_ptr as *mut _ as *mut c_void,
+                                &mut max_ns as *mut _ as *mut c_void,
+                                &mut sink_ptr as *mut _ as *mut c_void,
+                            ],
+                        )?
+                    },
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                let timed = time_victim();
+                // The flag is written from the victim's stream: the aggressor's own is busy.
+                let stopped = stop
+                    .fill_u32(&victim_stream, 1, 1)
+                    .and_then(|_| victim_stream.synchronize().map_err(gpu("sync victim")));
+                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
+                let secs = t0.elapsed().as_secs_f64();
+                let timed = timed?;
+                stopped?;
+                let bytes: Vec<u64> = counter.download(&agg_stream, 1)?;
+                let rate = buf
+                    .is_some()
+                    .then(|| format!("{:.0} GB/s", bytes[0] as f64 / secs / 1e9));
+                (timed, rate)
+            }
+        };
+        rows.push(Row {
+            victim,
+            load: load.label(),
+            victim_ms,
+            aggressor,
+        });
+    }
+    Ok(rows)
+}
+
+/// The study's rows as a markdown table, each victim's slowdown against its `alone` row.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| victim | aggressor on the other partition | victim p50 / p99 ms | × alone | aggressor achieved |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let alone = rows
+            .iter()
+            .find(|a| a.victim == r.victim && a.load == Load::Idle.label())
+            .map_or(f64::NAN, |a| a.victim_ms.p50);
+        let _ = writeln!(
+            s,
+            "| {:?} | {} | {:.3} / {:.3} | {:.3} | {} |",
+            r.victim,
+            r.load,
+            r.victim_ms.p50,
+            r.victim_ms.p99,
+            r.victim_ms.p50 / alone,
+            r.aggressor.as_deref().unwrap_or("-")
+        );
+    }
+    s
+}
