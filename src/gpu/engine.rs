@@ -188,22 +188,6 @@ fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Slices of the Gemma MLP for `rows` prefix rows (study knobs; 1 = unsliced, the default):
-/// `PI0_LLM_MLP_CHUNKS_PART` on SM partitions, `PI0_LLM_MLP_CHUNKS` on the whole GPU. Only
-/// for the prefix (≥ 128 rows), and only counts that divide the hidden width into slices of
-/// whole 64-column tiles. Changes the down projection's summation order (last bits).
-fn mlp_chunks(sm_target: Option<u32>, rows: usize, f: usize) -> usize {
-    let knob = if sm_target.is_some() {
-        "PI0_LLM_MLP_CHUNKS_PART"
-    } else {
-        "PI0_LLM_MLP_CHUNKS"
-    };
-    match env_usize(knob) {
-        Some(n) if rows >= 128 && n > 1 && f % (64 * n) == 0 => n,
-        _ => 1,
-    }
-}
-
 fn r8(x: usize) -> usize {
     x.div_ceil(8) * 8
 }
@@ -1246,77 +1230,19 @@ impl Pi0Cuda {
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
         rms(l.post.ptr)?;
-        let chunks = mlp_chunks(lt.sm_target, rows, f);
-        if chunks > 1 {
-            return self.mlp_chunked(s, lt, w, f, chunks, rows, l, b);
-        }
         let gate_up = Gemm::linear(rows, 2 * f, w);
         lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
-        self.gelu_mul(s, lt.pdl_all, b.gu, b.h, rows, f)?;
-        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
-    }
-
-    /// h[rows][f] = GELU(gate)·up of `gu` rows [gate (f) | up (f)] (gelu_mul_k).
-    fn gelu_mul(
-        &self,
-        s: sys::CUstream,
-        pdl: bool,
-        gu: u64,
-        h: u64,
-        rows: usize,
-        f: usize,
-    ) -> Result<()> {
         let n8 = (rows * f).div_ceil(8);
         self.launch(
             s,
-            pdl,
+            lt.pdl_all,
             K::GeluMul,
             n8.div_ceil(256) as u32,
             256,
             0,
-            &[A::P(gu), A::P(h), A::I(rows as i32), A::I(f as i32)],
-        )
-    }
-
-    /// The Gemma MLP in `chunks` slices of its hidden width (study knob, `mlp_chunks`): per
-    /// slice, gate|up of the slice (one GEMM, batch of 2: the gate rows and the up rows),
-    /// GELU·up, and the slice's share of the down projection added into the f32 stream. A
-    /// slice's intermediate (rows × 2f/chunks) is small enough to stay in the L2 between its
-    /// three kernels instead of going through HBM.
-    #[allow(clippy::too_many_arguments)]
-    fn mlp_chunked(
-        &self,
-        s: sys::CUstream,
-        lt: &mut LtCache,
-        w: usize,
-        f: usize,
-        chunks: usize,
-        rows: usize,
-        l: &GemmaLayer,
-        b: &GemmaBufs,
-    ) -> Result<()> {
-        let handle = self.lt_handle()?;
-        let h = &*handle;
-        let fc = f / chunks;
-        let bf = 2u64;
-        for c in 0..chunks {
-            // Batch 0: gate rows [c·fc, (c+1)·fc); batch 1: the same up rows, f rows further.
-            // Output row m = [gate slice | up slice], the layout gelu_mul_k reads.
-            let gate_up = Gemm {
-                batch: 2,
-                stride_x: 0,
-                stride_w: (f * w) as i64,
-                stride_y: fc as i64,
-                ..Gemm::linear(rows, fc, w).ld(w, w, 2 * fc)
-            };
-            let wg = l.gu_w.ptr + (c * fc * w) as u64 * bf;
-            lt.matmul(h, s, gate_up, b.xn, wg, b.gu, 0, 1.0)?;
-            self.gelu_mul(s, lt.pdl_all, b.gu, b.h, rows, fc)?;
-            let down = Gemm::linear(rows, w, fc).ld(fc, f, w).residual().f32out();
-            let wd = l.down_w.ptr + (c * fc) as u64 * bf;
-            lt.matmul(h, s, down, b.h, wd, b.x, 0, 1.0)?;
-        }
-        Ok(())
+            &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
+        )?;
+        lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
     }
 
     /// Residual + RMSNorm on `rows` rows of the fp32 stream `x` (resid_rms_k, one block per
