@@ -75,5 +75,17 @@ extern "C" __global__ void agg_read(const volatile int* stop, unsigned long long
     if (acc == 12345.678f) sink[0] = acc;
 }
 
+// buf[i] = hashed finite floats: data that no memory compression can shrink.
+extern "C" __global__ void agg_fill(float* buf, long long n, unsigned int seed) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned int h = (unsigned int)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        buf[i] = 1.0f + (h & 0xffff) * 1.0e-5f;
+    }
+}
+
 // Nothing: a launch that only occupies the front end and the block scheduler.
 extern "C" __global__ void agg_empty() {}

@@ -175,11 +175,12 @@ pub(super) fn row_threads(width: usize) -> u32 {
     ((width / 4).div_ceil(32) * 32) as u32
 }
 
-/// A split rule knob: `balanced` or (default) powers of two.
-fn split_rule(name: &str) -> super::skinny::SplitRule {
+/// A split rule knob: `balanced` or `pow2` (powers of two); None when unset.
+fn split_rule(name: &str) -> Option<super::skinny::SplitRule> {
     match std::env::var(name).as_deref() {
-        Ok("balanced") => super::skinny::SplitRule::Balanced,
-        _ => super::skinny::SplitRule::Pow2,
+        Ok("balanced") => Some(super::skinny::SplitRule::Balanced),
+        Ok("pow2") => Some(super::skinny::SplitRule::Pow2),
+        _ => None,
     }
 }
 
@@ -518,9 +519,9 @@ impl Pi0Cuda {
                 plan_sms: env_usize("PI0_WGEMM_SMS").unwrap_or(sms),
                 partition_plan_sms: env_usize("PI0_WGEMM_SMS_PART"),
                 // Balanced measured slower on the whole GPU (docs/gpu-notes.md v29); on
-                // partitions faster at 64-68 SMs and slower at 40, 56 and 92 (v30), so both
-                // default to powers of two.
-                rule: split_rule("PI0_WGEMM_SPLITS"),
+                // partitions faster at 64-68 SMs and slower at 40, 56 and 92 (v30), so the
+                // partition default depends on the SM count (`WeightStreaming::on_partition`).
+                rule: split_rule("PI0_WGEMM_SPLITS").unwrap_or(super::skinny::SplitRule::Pow2),
                 partition_rule: split_rule("PI0_WGEMM_SPLITS_PART"),
                 pdl: opts.pdl && major >= 9,
                 partition_sms: None,

@@ -19,8 +19,8 @@ pub(super) struct WeightStreaming {
     pub partition_plan_sms: Option<usize>,
     /// How the split counts are chosen (`PI0_WGEMM_SPLITS=balanced`: the study rule).
     pub rule: skinny::SplitRule,
-    /// The rule on a partition (`PI0_WGEMM_SPLITS_PART`).
-    pub partition_rule: skinny::SplitRule,
+    /// The rule on a partition (`PI0_WGEMM_SPLITS_PART`; None: `partition_split_rule`).
+    pub partition_rule: Option<skinny::SplitRule>,
     /// Programmatic dependent launches for these kernels.
     pub pdl: bool,
     /// SMs of the partition the decoder runs in (None: the whole GPU); set per enqueue.
@@ -50,7 +50,9 @@ impl WeightStreaming {
             .clamp(1, self.plan_sms);
         WeightStreaming {
             plan_sms,
-            rule: self.partition_rule,
+            rule: self
+                .partition_rule
+                .unwrap_or_else(|| partition_split_rule(sms)),
             // The shallow ring (same splits, same arithmetic) where only it fits one wave.
             partition_sms: self.shallow_ring.then_some(sms),
             ..self
@@ -211,7 +213,8 @@ impl Pi0Cuda {
             .flat_map(|&(n, k)| {
                 // The split count does not depend on the operand type.
                 (1..=ws.plan_sms).flat_map(move |sms| {
-                    [ws.rule, ws.partition_rule].map(|rule| {
+                    // Either rule may be chosen on a partition (`partition_split_rule`).
+                    [skinny::SplitRule::Pow2, skinny::SplitRule::Balanced].map(|rule| {
                         skinny::plan(rows, n, k, sms, rule, skinny::Operands::Bf16).splits
                             * rows
                             * n
@@ -224,6 +227,18 @@ impl Pi0Cuda {
     }
 }
 
+/// The split rule on a partition of `sms` SMs. Balanced counts (fewer CTAs, fewer fp32
+/// partials through the L2 that the encoder beside it contends for) measured faster on 64-68
+/// SMs, the 50-50 split's halves, and slower on 40, 56 and 92 (docs/partition-notes.md v15,
+/// v20), where powers of two stay.
+pub fn partition_split_rule(sms: usize) -> skinny::SplitRule {
+    if (60..=72).contains(&sms) {
+        skinny::SplitRule::Balanced
+    } else {
+        skinny::SplitRule::Pow2
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +248,7 @@ mod tests {
             plan_sms: 132,
             partition_plan_sms: None,
             rule: skinny::SplitRule::Pow2,
-            partition_rule: skinny::SplitRule::Pow2,
+            partition_rule: Some(skinny::SplitRule::Pow2),
             pdl: true,
             partition_sms: None,
             shallow_ring: true,
@@ -276,7 +291,7 @@ mod tests {
     #[test]
     fn the_partition_rule_applies_on_partitions_only() {
         let w = WeightStreaming {
-            partition_rule: skinny::SplitRule::Balanced,
+            partition_rule: Some(skinny::SplitRule::Balanced),
             ..whole_h100()
         };
         assert_eq!(w.on_partition(None).rule, skinny::SplitRule::Pow2);
@@ -286,6 +301,24 @@ mod tests {
         // on 16 SMs), the balanced count 3 splits = 60 CTAs, one per SM.
         assert_eq!(splits(&w.on_partition(Some(64)), 2560, 1024), 3);
         assert_eq!(splits(&whole_h100().on_partition(Some(64)), 2560, 1024), 4);
+    }
+
+    #[test]
+    fn without_a_knob_the_partition_rule_follows_the_sm_count() {
+        let w = WeightStreaming {
+            partition_rule: None,
+            ..whole_h100()
+        };
+        assert_eq!(w.on_partition(None).rule, skinny::SplitRule::Pow2);
+        assert_eq!(w.on_partition(Some(64)).rule, skinny::SplitRule::Balanced);
+        assert_eq!(w.on_partition(Some(68)).rule, skinny::SplitRule::Balanced);
+        for sms in [40, 56, 92, 116] {
+            assert_eq!(
+                w.on_partition(Some(sms)).rule,
+                skinny::SplitRule::Pow2,
+                "{sms}"
+            );
+        }
     }
 
     #[test]

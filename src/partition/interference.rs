@@ -107,6 +107,7 @@ pub struct Aggressors {
     lib: sys::CUlibrary,
     spin: sys::CUkernel,
     read: sys::CUkernel,
+    fill: sys::CUkernel,
     empty: sys::CUkernel,
 }
 
@@ -149,6 +150,7 @@ impl Aggressors {
             ctx: ctx.clone(),
             spin: library_kernel(lib, "agg_spin")?,
             read: library_kernel(lib, "agg_read")?,
+            fill: library_kernel(lib, "agg_fill")?,
             empty: library_kernel(lib, "agg_empty")?,
             lib,
         })
@@ -278,8 +280,25 @@ pub fn study<E: StageEngine + 'static>(
                     _ => None,
                 };
                 if let Some(b) = &buf {
-                    // Finite values, so the sums stay ordinary arithmetic.
-                    b.fill_u32(&agg_stream, 0x3f80_0000, b.bytes / 4)?;
+                    // Varied finite values: a constant fill could be compressed in memory
+                    // and read at more than HBM's rate.
+                    let mut ptr = b.ptr;
+                    let mut n = (b.bytes / 4) as i64;
+                    let mut seed = 0x9e37_79b9u32;
+                    // SAFETY: the parameters match agg_fill's list.
+                    unsafe {
+                        agg.launch(
+                            agg.fill,
+                            &agg_stream,
+                            agg_sms * 4,
+                            256,
+                            &mut [
+                                &mut ptr as *mut _ as *mut c_void,
+                                &mut n as *mut _ as *mut c_void,
+                                &mut seed as *mut _ as *mut c_void,
+                            ],
+                        )?
+                    };
                 }
                 agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
                 let mut stop_ptr = stop.ptr;
