@@ -611,36 +611,14 @@ fn forced(
     algo: ls::cublasLtMatmulAlgo_t,
     ws_bytes: usize,
 ) -> ls::cublasLtMatmulAlgo_t {
-    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
     let Ok(spec) = std::env::var("PI0_LT_FORCE") else {
         return algo;
     };
-    let Some(settings) = spec.split(';').find_map(|item| {
-        let (shape, cfg) = item.split_once(':')?;
-        let dims: Vec<usize> = shape
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
-        (dims == [g.m, g.n, g.k]).then_some(cfg.to_string())
-    }) else {
+    let Some((settings, values)) = force_settings(&spec, g) else {
         return algo;
     };
     let mut a = algo;
-    for kv in settings.split(',') {
-        let Some((k, v)) = kv.split_once('=') else {
-            continue;
-        };
-        let Ok(v) = v.trim().parse::<u32>() else {
-            continue;
-        };
-        let (attr, bytes) = match k.trim() {
-            "tile" => (CA::CUBLASLT_ALGO_CONFIG_TILE_ID, 4),
-            "stages" => (CA::CUBLASLT_ALGO_CONFIG_STAGES_ID, 4),
-            "cluster" => (CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2),
-            "splitk" => (CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4),
-            "swizzle" => (CA::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4),
-            _ => continue,
-        };
+    for (attr, bytes, v) in values {
         // SAFETY: a 4-byte value, `bytes` of it read (u16 ids are little-endian prefixes).
         let r = unsafe {
             ls::cublasLtMatmulAlgoConfigSetAttribute(
@@ -651,7 +629,10 @@ fn forced(
             )
         };
         if r != ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            eprintln!("lt force {}x{}x{}: {k}={v} not set: {r:?}", g.m, g.n, g.k);
+            eprintln!(
+                "lt force {}x{}x{}: {attr:?}={v} not set: {r:?}",
+                g.m, g.n, g.k
+            );
             return algo;
         }
     }
@@ -668,6 +649,40 @@ fn forced(
     } else {
         algo
     }
+}
+
+/// One algorithm configuration attribute to set: (attribute, size in bytes, value).
+type ConfigValue = (ls::cublasLtMatmulAlgoConfigAttributes_t, usize, u32);
+
+/// The `PI0_LT_FORCE` entry for `g`'s shape: its text and the (attribute, size in bytes,
+/// value) it sets. Unknown keys and values that are not numbers are ignored.
+fn force_settings(spec: &str, g: &Gemm) -> Option<(String, Vec<ConfigValue>)> {
+    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+    let settings = spec.split(';').find_map(|item| {
+        let (shape, cfg) = item.split_once(':')?;
+        let dims: Vec<usize> = shape
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        (dims == [g.m, g.n, g.k]).then_some(cfg.trim().to_string())
+    })?;
+    let values = settings
+        .split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let v = v.trim().parse::<u32>().ok()?;
+            let (attr, bytes) = match k.trim() {
+                "tile" => (CA::CUBLASLT_ALGO_CONFIG_TILE_ID, 4),
+                "stages" => (CA::CUBLASLT_ALGO_CONFIG_STAGES_ID, 4),
+                "cluster" => (CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2),
+                "splitk" => (CA::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4),
+                "swizzle" => (CA::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4),
+                _ => return None,
+            };
+            Some((attr, bytes, v))
+        })
+        .collect();
+    Some((settings, values))
 }
 
 /// The tile ids an algorithm supports (CUBLASLT_ALGO_CAP_TILE_IDS), for the study listing.
@@ -894,6 +909,24 @@ mod tests {
     /// the whole GPU's results bit for bit: the partitioned pipeline is checked against
     /// sequential forwards on the whole GPU. Fresh random bf16 inputs, fp32 outputs; sampled
     /// outputs also against f64 products, so a variant that computes nothing cannot pass.
+    #[test]
+    fn force_settings_match_one_shape_and_known_keys() {
+        use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+        let spec = "532,2048,16384:cluster=5, tile=23;512,1152,4304:stages=bad,swizzle=1,x=3";
+        let (text, v) = force_settings(spec, &Gemm::linear(532, 2048, 16384)).unwrap();
+        assert_eq!(text, "cluster=5, tile=23");
+        assert_eq!(
+            v,
+            vec![
+                (CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2, 5),
+                (CA::CUBLASLT_ALGO_CONFIG_TILE_ID, 4, 23)
+            ]
+        );
+        let (_, v) = force_settings(spec, &Gemm::linear(512, 1152, 4304)).unwrap();
+        assert_eq!(v, vec![(CA::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4, 1)]);
+        assert!(force_settings(spec, &Gemm::linear(532, 2560, 2048)).is_none());
+    }
+
     #[test]
     fn gpu_narrow_variants_compute_the_whole_gpu_product() {
         let test = "gpu_narrow_variants_compute_the_whole_gpu_product";

@@ -231,9 +231,15 @@ pub fn study<E: StageEngine + 'static>(
         Ok(Summary::of(&v))
     };
     time_victim()?;
-    let stop = DevBuf::new(&agg.ctx, 4)?;
-    let counter = DevBuf::new(&agg.ctx, 8)?;
-    let sink = DevBuf::new(&agg.ctx, 4)?;
+    let side = AggressorSide {
+        agg,
+        stream: agg_stream,
+        victim_stream,
+        sms: agg_sms,
+        stop: DevBuf::new(&agg.ctx, 4)?,
+        counter: DevBuf::new(&agg.ctx, 8)?,
+        sink: DevBuf::new(&agg.ctx, 4)?,
+    };
     let mut rows = Vec::new();
     for load in loads {
         let (victim_ms, aggressor) = match load {
@@ -246,126 +252,8 @@ pub fn study<E: StageEngine + 'static>(
                     Victim::Encoder => (Summary::of(&[enc_period]), None),
                 }
             }
-            Load::Launches => {
-                let running = AtomicBool::new(true);
-                let launches = AtomicU64::new(0);
-                let t0 = Instant::now();
-                let timed = std::thread::scope(|s| {
-                    let launcher = s.spawn(|| -> Result<()> {
-                        while running.load(Ordering::Relaxed) {
-                            // SAFETY: agg_empty takes no parameters.
-                            unsafe { agg.launch(agg.empty, &agg_stream, agg_sms, 128, &mut [])? };
-                            launches.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(())
-                    });
-                    std::thread::sleep(Duration::from_millis(5));
-                    let r = time_victim();
-                    running.store(false, Ordering::Relaxed);
-                    let l = launcher
-                        .join()
-                        .map_err(|_| Error::Gpu("launcher thread panicked".into()));
-                    r.and_then(|r| l.and_then(|l| l.map(|_| r)))
-                })?;
-                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
-                let per_ms =
-                    launches.load(Ordering::Relaxed) as f64 / (t0.elapsed().as_secs_f64() * 1e3);
-                (timed, Some(format!("{per_ms:.0} launches/ms")))
-            }
-            Load::Spin | Load::Read { .. } => {
-                stop.fill_u32(&agg_stream, 0, 1)?;
-                counter.fill_u32(&agg_stream, 0, 2)?;
-                let buf = match load {
-                    Load::Read { bytes, .. } => Some(DevBuf::new(&agg.ctx, *bytes)?),
-                    _ => None,
-                };
-                if let Some(b) = &buf {
-                    // Varied finite values: a constant fill could be compressed in memory
-                    // and read at more than HBM's rate.
-                    let mut ptr = b.ptr;
-                    let mut n = (b.bytes / 4) as i64;
-                    let mut seed = 0x9e37_79b9u32;
-                    // SAFETY: the parameters match agg_fill's list.
-                    unsafe {
-                        agg.launch(
-                            agg.fill,
-                            &agg_stream,
-                            agg_sms * 4,
-                            256,
-                            &mut [
-                                &mut ptr as *mut _ as *mut c_void,
-                                &mut n as *mut _ as *mut c_void,
-                                &mut seed as *mut _ as *mut c_void,
-                            ],
-                        )?
-                    };
-                }
-                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
-                let mut stop_ptr = stop.ptr;
-                let mut max_ns = MAX_AGGRESSOR_NS;
-                let mut sink_ptr = sink.ptr;
-                let t0 = Instant::now();
-                match (load, &buf) {
-                    (
-                        Load::Read {
-                            blocks_per_sm,
-                            threads,
-                            ..
-                        },
-                        Some(b),
-                    ) => {
-                        let mut buf_ptr = b.ptr;
-                        let mut n4 = (b.bytes / 16) as i64;
-                        let mut count_ptr = counter.ptr;
-                        // SAFETY: the parameters match agg_read's list.
-                        unsafe {
-                            agg.launch(
-                                agg.read,
-                                &agg_stream,
-                                agg_sms * blocks_per_sm,
-                                *threads,
-                                &mut [
-                                    &mut stop_ptr as *mut _ as *mut c_void,
-                                    &mut max_ns as *mut _ as *mut c_void,
-                                    &mut buf_ptr as *mut _ as *mut c_void,
-                                    &mut n4 as *mut _ as *mut c_void,
-                                    &mut count_ptr as *mut _ as *mut c_void,
-                                    &mut sink_ptr as *mut _ as *mut c_void,
-                                ],
-                            )?
-                        }
-                    }
-                    // SAFETY: the parameters match agg_spin's list.
-                    _ => unsafe {
-                        agg.launch(
-                            agg.spin,
-                            &agg_stream,
-                            agg_sms * 2,
-                            512,
-                            &mut [
-                                &mut stop_ptr as *mut _ as *mut c_void,
-                                &mut max_ns as *mut _ as *mut c_void,
-                                &mut sink_ptr as *mut _ as *mut c_void,
-                            ],
-                        )?
-                    },
-                }
-                std::thread::sleep(Duration::from_millis(5));
-                let timed = time_victim();
-                // The flag is written from the victim's stream: the aggressor's own is busy.
-                let stopped = stop
-                    .fill_u32(&victim_stream, 1, 1)
-                    .and_then(|_| victim_stream.synchronize().map_err(gpu("sync victim")));
-                agg_stream.synchronize().map_err(gpu("sync aggressor"))?;
-                let secs = t0.elapsed().as_secs_f64();
-                let timed = timed?;
-                stopped?;
-                let bytes: Vec<u64> = counter.download(&agg_stream, 1)?;
-                let rate = buf
-                    .is_some()
-                    .then(|| format!("{:.0} GB/s", bytes[0] as f64 / secs / 1e9));
-                (timed, rate)
-            }
+            Load::Launches => side.beside_launches(&time_victim)?,
+            Load::Spin | Load::Read { .. } => side.beside_kernel(load, &time_victim)?,
         };
         rows.push(Row {
             victim,
@@ -375,6 +263,157 @@ pub fn study<E: StageEngine + 'static>(
         });
     }
     Ok(rows)
+}
+
+/// The aggressor's half of the split: its stream and SM count, the victim's stream (which
+/// stops the aggressor), and the aggressor kernels' flag, byte counter and sink.
+struct AggressorSide<'a> {
+    agg: &'a Aggressors,
+    stream: Arc<CudaStream>,
+    victim_stream: Arc<CudaStream>,
+    sms: u32,
+    stop: DevBuf,
+    counter: DevBuf,
+    sink: DevBuf,
+}
+
+/// What the victim measured and what the aggressor achieved meanwhile.
+type Outcome = (Summary, Option<String>);
+
+impl AggressorSide<'_> {
+    /// The victim timed while a host thread launches empty kernels back to back.
+    fn beside_launches(&self, time_victim: &dyn Fn() -> Result<Summary>) -> Result<Outcome> {
+        let (agg, stream) = (self.agg, &self.stream);
+        let running = AtomicBool::new(true);
+        let launches = AtomicU64::new(0);
+        let t0 = Instant::now();
+        let timed = std::thread::scope(|s| {
+            let launcher = s.spawn(|| -> Result<()> {
+                while running.load(Ordering::Relaxed) {
+                    // SAFETY: agg_empty takes no parameters.
+                    unsafe { agg.launch(agg.empty, stream, self.sms, 128, &mut [])? };
+                    launches.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+            std::thread::sleep(Duration::from_millis(5));
+            let r = time_victim();
+            running.store(false, Ordering::Relaxed);
+            let l = launcher
+                .join()
+                .map_err(|_| Error::Gpu("launcher thread panicked".into()));
+            r.and_then(|r| l.and_then(|l| l.map(|_| r)))
+        })?;
+        stream.synchronize().map_err(gpu("sync aggressor"))?;
+        let per_ms = launches.load(Ordering::Relaxed) as f64 / (t0.elapsed().as_secs_f64() * 1e3);
+        Ok((timed, Some(format!("{per_ms:.0} launches/ms"))))
+    }
+
+    /// The victim timed while a long-running aggressor kernel (`Spin` or `Read`) runs; the
+    /// victim's stream raises the stop flag when it is done.
+    fn beside_kernel(
+        &self,
+        load: &Load,
+        time_victim: &dyn Fn() -> Result<Summary>,
+    ) -> Result<Outcome> {
+        let (agg, stream) = (self.agg, &self.stream);
+        self.stop.fill_u32(stream, 0, 1)?;
+        self.counter.fill_u32(stream, 0, 2)?;
+        let buf = match load {
+            Load::Read { bytes, .. } => Some(self.filled_buffer(*bytes)?),
+            _ => None,
+        };
+        stream.synchronize().map_err(gpu("sync aggressor"))?;
+        let mut stop_ptr = self.stop.ptr;
+        let mut max_ns = MAX_AGGRESSOR_NS;
+        let mut sink_ptr = self.sink.ptr;
+        let t0 = Instant::now();
+        match (load, &buf) {
+            (
+                Load::Read {
+                    blocks_per_sm,
+                    threads,
+                    ..
+                },
+                Some(b),
+            ) => {
+                let mut buf_ptr = b.ptr;
+                let mut n4 = (b.bytes / 16) as i64;
+                let mut count_ptr = self.counter.ptr;
+                // SAFETY: the parameters match agg_read's list.
+                unsafe {
+                    agg.launch(
+                        agg.read,
+                        stream,
+                        self.sms * blocks_per_sm,
+                        *threads,
+                        &mut [
+                            &mut stop_ptr as *mut _ as *mut c_void,
+                            &mut max_ns as *mut _ as *mut c_void,
+                            &mut buf_ptr as *mut _ as *mut c_void,
+                            &mut n4 as *mut _ as *mut c_void,
+                            &mut count_ptr as *mut _ as *mut c_void,
+                            &mut sink_ptr as *mut _ as *mut c_void,
+                        ],
+                    )?
+                }
+            }
+            // SAFETY: the parameters match agg_spin's list.
+            _ => unsafe {
+                agg.launch(
+                    agg.spin,
+                    stream,
+                    self.sms * 2,
+                    512,
+                    &mut [
+                        &mut stop_ptr as *mut _ as *mut c_void,
+                        &mut max_ns as *mut _ as *mut c_void,
+                        &mut sink_ptr as *mut _ as *mut c_void,
+                    ],
+                )?
+            },
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let timed = time_victim();
+        // The flag is written from the victim's stream: the aggressor's own is busy.
+        let stopped = self
+            .stop
+            .fill_u32(&self.victim_stream, 1, 1)
+            .and_then(|_| self.victim_stream.synchronize().map_err(gpu("sync victim")));
+        stream.synchronize().map_err(gpu("sync aggressor"))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let timed = timed?;
+        stopped?;
+        let bytes: Vec<u64> = self.counter.download(stream, 1)?;
+        let rate = buf
+            .is_some()
+            .then(|| format!("{:.0} GB/s", bytes[0] as f64 / secs / 1e9));
+        Ok((timed, rate))
+    }
+
+    /// A buffer of `bytes` holding varied finite values: a constant fill could be compressed
+    /// in memory and read at more than HBM's rate.
+    fn filled_buffer(&self, bytes: usize) -> Result<DevBuf> {
+        let b = DevBuf::new(&self.agg.ctx, bytes)?;
+        let mut ptr = b.ptr;
+        let mut n = (b.bytes / 4) as i64;
+        let mut seed = 0x9e37_79b9u32;
+        // SAFETY: the parameters match agg_fill's list.
+        unsafe {
+            self.agg.launch(
+                self.agg.fill,
+                &self.stream,
+                self.sms * 4,
+                256,
+                &mut [
+                    &mut ptr as *mut _ as *mut c_void,
+                    &mut n as *mut _ as *mut c_void,
+                    &mut seed as *mut _ as *mut c_void,
+                ],
+            )?
+        };
+        Ok(b)
+    }
 }
 
 /// The study's rows as a markdown table, each victim's slowdown against its `alone` row.
@@ -399,4 +438,67 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(victim: Victim, load: Load, p50: f64, aggressor: Option<&str>) -> Row {
+        Row {
+            victim,
+            load: load.label(),
+            victim_ms: Summary {
+                p50,
+                p99: p50 + 0.5,
+                mean: p50,
+                n: 30,
+            },
+            aggressor: aggressor.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_table_divides_each_victim_by_its_own_alone_row() {
+        let rows = [
+            row(Victim::Decoder, Load::Idle, 9.0, None),
+            row(Victim::Decoder, Load::Spin, 9.9, None),
+            row(Victim::Encoder, Load::Idle, 8.0, None),
+            row(
+                Victim::Encoder,
+                Load::Launches,
+                10.0,
+                Some("200 launches/ms"),
+            ),
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + rows.len(), "{t}");
+        assert!(lines[3].contains("| 9.900 / 10.400 | 1.100 | - |"), "{t}");
+        assert!(
+            lines[5].contains("| 10.000 / 10.500 | 1.250 | 200 launches/ms |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn without_an_alone_row_the_ratio_is_not_a_number() {
+        let t = table(&[row(Victim::Decoder, Load::Spin, 9.9, None)]);
+        assert!(t.contains("| NaN |"), "{t}");
+    }
+
+    #[test]
+    fn the_study_covers_every_shared_resource_once() {
+        let labels: Vec<String> = Load::all().iter().map(Load::label).collect();
+        let mut unique = labels.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "{labels:?}");
+        assert_eq!(labels.first().map(String::as_str), Some("alone"));
+        assert!(
+            labels.iter().any(|l| l.contains("16 MiB")),
+            "an L2-resident read"
+        );
+        assert!(labels.iter().any(|l| l.contains("2048 MiB")), "an HBM read");
+    }
 }
