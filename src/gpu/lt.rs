@@ -342,8 +342,10 @@ impl LtCache {
 ///   clusters, instead of 256x136 with 1x2);
 /// * the Gemma down projection (k ≥ 8 n, the split-K 2 pick): 1x2 clusters instead of 2x1.
 ///
-/// Solo they run as fast as the whole GPU's picks. Changed algorithms keep the product but
-/// not its last bits (tile shapes); `PI0_LT_PART=off` keeps the whole GPU's.
+/// Solo they run as fast as the whole GPU's picks, and on the H100 their products were
+/// bitwise the whole GPU's (`gpu_narrow_variants_compute_the_whole_gpu_product`). The rules
+/// follow cuBLASLt's ranking on the H100 (cuBLASLt 13.0); on another GPU, compare with
+/// `PI0_LT_PART=off`, which keeps the whole GPU's picks.
 fn partition_algo(
     h: &LtHandle,
     g: &Gemm,
