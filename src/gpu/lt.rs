@@ -562,15 +562,9 @@ fn make_plan(h: &LtHandle, key: &Key, ws_bytes: usize) -> Result<Plan> {
 /// algorithms can be compared inside the captured graphs rather than one by one.
 fn study_pick(g: &Gemm, heur: &[ls::cublasLtMatmulAlgo_t]) -> Option<usize> {
     let spec = std::env::var("PI0_LT_PICK").ok()?;
-    let pick = spec.split(';').find_map(|item| {
-        let (shape, i) = item.split_once(':')?;
-        let dims: Vec<usize> = shape
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
-        (dims == [g.m, g.n, g.k]).then(|| i.trim().parse::<usize>().ok())?
-    });
-    let pick = pick?;
+    let pick = spec
+        .split(';')
+        .find_map(|item| shape_entry(item, g)?.trim().parse::<usize>().ok())?;
     for (i, a) in heur.iter().enumerate() {
         use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
         let get = |attr: CA| match algo_config(a, attr) {
@@ -653,6 +647,16 @@ fn forced(
     }
 }
 
+/// What a study knob's entry `m,n,k:value` says for `g`: the value, if the shape is `g`'s.
+fn shape_entry<'a>(item: &'a str, g: &Gemm) -> Option<&'a str> {
+    let (shape, value) = item.split_once(':')?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+    (dims == [g.m, g.n, g.k]).then_some(value)
+}
+
 /// One algorithm configuration attribute to set: (attribute, size in bytes, value).
 type ConfigValue = (ls::cublasLtMatmulAlgoConfigAttributes_t, usize, u32);
 
@@ -660,14 +664,11 @@ type ConfigValue = (ls::cublasLtMatmulAlgoConfigAttributes_t, usize, u32);
 /// value) it sets. Unknown keys and values that are not numbers are ignored.
 fn force_settings(spec: &str, g: &Gemm) -> Option<(String, Vec<ConfigValue>)> {
     use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
-    let settings = spec.split(';').find_map(|item| {
-        let (shape, cfg) = item.split_once(':')?;
-        let dims: Vec<usize> = shape
-            .split(',')
-            .filter_map(|x| x.trim().parse().ok())
-            .collect();
-        (dims == [g.m, g.n, g.k]).then_some(cfg.trim().to_string())
-    })?;
+    let settings = spec
+        .split(';')
+        .find_map(|item| shape_entry(item, g))?
+        .trim()
+        .to_string();
     let values = settings
         .split(',')
         .filter_map(|kv| {

@@ -6,7 +6,7 @@
 //! victim's slowdown against running alone says how much of the real pairing's slowdown that
 //! resource explains. `pi0-bench-partition --interference` prints the table.
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,10 +16,10 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use super::bench::{streaming_under_load, Summary, Workload};
 use super::pipeline::PartitionedPi0;
+use super::runtime_kernels::{self, gpu, RuntimeLibrary};
 use super::stage::StageEngine;
 use super::synthetic::DevBuf;
 use crate::error::{Error, Result};
-use crate::gpu::device::{cu, library_kernel, load_library};
 
 const SRC: &str = include_str!("../../kernels/partition/aggressor.cu");
 
@@ -101,58 +101,31 @@ pub struct Row {
     pub aggressor: Option<String>,
 }
 
-/// The aggressor kernels, loaded context-independently (they launch in green contexts).
+/// The aggressor kernels (kernels/partition/aggressor.cu).
 pub struct Aggressors {
     ctx: Arc<CudaContext>,
-    lib: sys::CUlibrary,
     spin: sys::CUkernel,
     read: sys::CUkernel,
     fill: sys::CUkernel,
     empty: sys::CUkernel,
+    // Last: the kernels above belong to it.
+    _lib: RuntimeLibrary,
 }
 
-// SAFETY: the handles are plain driver handles, valid in every thread once loaded.
+// SAFETY: kernel handles are plain driver handles, valid in every thread once loaded.
 unsafe impl Send for Aggressors {}
 unsafe impl Sync for Aggressors {}
 
-impl Drop for Aggressors {
-    fn drop(&mut self) {
-        // SAFETY: loaded in `load`, unloaded once.
-        unsafe {
-            sys::cuLibraryUnload(self.lib);
-        }
-    }
-}
-
-fn gpu<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| Error::Gpu(format!("{what}: {e}"))
-}
-
 impl Aggressors {
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        ctx.bind_to_thread().map_err(gpu("bind context"))?;
-        let (maj, min) = ctx
-            .compute_capability()
-            .map_err(gpu("compute capability"))?;
-        let arch: &'static str = Box::leak(format!("sm_{maj}{min}").into_boxed_str());
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            SRC,
-            cudarc::nvrtc::CompileOptions {
-                arch: Some(arch),
-                ..Default::default()
-            },
-        )
-        .map_err(gpu("NVRTC (kernels/partition/aggressor.cu)"))?;
-        let text = CString::new(ptx.to_src()).map_err(gpu("PTX"))?;
-        // SAFETY: `text` is NUL-terminated PTX.
-        let lib = unsafe { load_library(text.as_ptr() as *const c_void) }?;
+        let lib = RuntimeLibrary::compile(ctx, SRC, "kernels/partition/aggressor.cu")?;
         Ok(Aggressors {
             ctx: ctx.clone(),
-            spin: library_kernel(lib, "agg_spin")?,
-            read: library_kernel(lib, "agg_read")?,
-            fill: library_kernel(lib, "agg_fill")?,
-            empty: library_kernel(lib, "agg_empty")?,
-            lib,
+            spin: lib.kernel("agg_spin")?,
+            read: lib.kernel("agg_read")?,
+            fill: lib.kernel("agg_fill")?,
+            empty: lib.kernel("agg_empty")?,
+            _lib: lib,
         })
     }
 
@@ -166,26 +139,7 @@ impl Aggressors {
         block: u32,
         params: &mut [*mut c_void],
     ) -> Result<()> {
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(gpu("bind context"))?;
-        cu(
-            sys::cuLaunchKernel(
-                k as sys::CUfunction,
-                grid,
-                1,
-                1,
-                block,
-                1,
-                1,
-                0,
-                stream.cu_stream(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-            "cuLaunchKernel (aggressor)",
-        )
+        runtime_kernels::launch(k, stream, grid, block, params)
     }
 }
 

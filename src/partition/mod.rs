@@ -11,6 +11,7 @@
 //! * [`swap`]: the GPU-free state machines (frame-boundary swap, bounded cache, prefix slots).
 //! * [`synthetic`]: the %smid probe and synthetic stages of π0's shape.
 //! * [`bench`]: the six-way benchmark.
+//! * `runtime_kernels`: NVRTC compile + context-independent load and launch of kernels/partition/.
 //! * [`interference`]: what slows a stage down beside the other (shared power, L2, HBM, launches).
 //!
 //! docs/tuning.md says how to choose a split; docs/partition-notes.md what was measured.
@@ -20,6 +21,7 @@ pub mod device;
 pub mod interference;
 pub mod pi0;
 pub mod pipeline;
+mod runtime_kernels;
 pub mod split;
 pub mod stage;
 pub mod swap;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use super::device::{green_layout, GreenGroups, Partition};
+use super::runtime_kernels::gpu;
 use super::split::{plan, Backend, PlanKey, SmLayout, SplitPlan, SplitRequest};
 use super::stage::{upload_where, GraphUpload, StageEngine, StageGraph};
 use super::swap::{BoundedCache, FrameBoundarySwap, ObsId, SlotState, SlotTable, Stage};
@@ -227,10 +228,6 @@ struct Inner<E: StageEngine> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn gpu<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error::Gpu(format!("{what}: {e}"))
 }
 
 struct Range;

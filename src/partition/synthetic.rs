@@ -4,69 +4,44 @@
 //! the layer be built, measured and tested without the real engine.
 
 use std::collections::BTreeSet;
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaStream};
 
+use super::runtime_kernels::{self, gpu, RuntimeLibrary};
 use super::stage::{capture, StageEngine};
 use crate::engine::ModelInput;
 use crate::error::{Error, Result};
-use crate::gpu::device::{cu, library_kernel, load_library};
+use crate::gpu::device::cu;
 
 const SRC: &str = include_str!("../../kernels/partition/synthetic.cu");
 
-/// Kernels loaded context-independently (cuLibrary), so they launch in green contexts and in
-/// MPS execution-affinity contexts alike.
+/// The synthetic stages' kernels and the %smid probe (kernels/partition/synthetic.cu).
 pub struct PartitionKernels {
     ctx: Arc<CudaContext>,
-    lib: sys::CUlibrary,
     smid: sys::CUkernel,
     enc_layer: sys::CUkernel,
     dec_reduce: sys::CUkernel,
     dec_update: sys::CUkernel,
+    // Last: the kernels above belong to it.
+    _lib: RuntimeLibrary,
 }
 
+// SAFETY: kernel handles are plain driver handles, valid in every thread once loaded.
 unsafe impl Send for PartitionKernels {}
 unsafe impl Sync for PartitionKernels {}
 
-impl Drop for PartitionKernels {
-    fn drop(&mut self) {
-        unsafe {
-            sys::cuLibraryUnload(self.lib);
-        }
-    }
-}
-
-fn gpu<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
-    move |e| Error::Gpu(format!("{what}: {e}"))
-}
-
 impl PartitionKernels {
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Arc<Self>> {
-        ctx.bind_to_thread().map_err(gpu("bind context"))?;
-        let (maj, min) = ctx
-            .compute_capability()
-            .map_err(gpu("compute capability"))?;
-        let arch: &'static str = Box::leak(format!("sm_{maj}{min}").into_boxed_str());
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            SRC,
-            cudarc::nvrtc::CompileOptions {
-                arch: Some(arch),
-                ..Default::default()
-            },
-        )
-        .map_err(gpu("NVRTC (kernels/partition/synthetic.cu)"))?;
-        let text = CString::new(ptx.to_src()).map_err(gpu("PTX"))?;
-        // SAFETY: `text` is NUL-terminated PTX.
-        let lib = unsafe { load_library(text.as_ptr() as *const c_void) }?;
+        let lib = RuntimeLibrary::compile(ctx, SRC, "kernels/partition/synthetic.cu")?;
         Ok(Arc::new(PartitionKernels {
             ctx: ctx.clone(),
-            smid: library_kernel(lib, "smid_probe")?,
-            enc_layer: library_kernel(lib, "enc_layer")?,
-            dec_reduce: library_kernel(lib, "dec_reduce")?,
-            dec_update: library_kernel(lib, "dec_update")?,
-            lib,
+            smid: lib.kernel("smid_probe")?,
+            enc_layer: lib.kernel("enc_layer")?,
+            dec_reduce: lib.kernel("dec_reduce")?,
+            dec_update: lib.kernel("dec_update")?,
+            _lib: lib,
         }))
     }
 
@@ -80,26 +55,7 @@ impl PartitionKernels {
         block: u32,
         params: &mut [*mut c_void],
     ) -> Result<()> {
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(gpu("bind context"))?;
-        cu(
-            sys::cuLaunchKernel(
-                k as sys::CUfunction,
-                grid,
-                1,
-                1,
-                block,
-                1,
-                1,
-                0,
-                stream.cu_stream(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-            "cuLaunchKernel",
-        )
+        runtime_kernels::launch(k, stream, grid, block, params)
     }
 
     /// Enqueues the %smid probe: `blocks` blocks that each spin `spin_cycles` and record their SM.
