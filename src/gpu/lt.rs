@@ -329,6 +329,16 @@ impl LtCache {
         } else {
             partition_algo(h, &key.g, desc, plan, ws_bytes)
         };
+        let desc = match cluster_sms_study(sms, &algo) {
+            Some(target) if mode != "off" => {
+                eprintln!(
+                    "lt cluster target {}x{}x{}: {sms} SMs -> {target}",
+                    key.g.m, key.g.n, key.g.k
+                );
+                make_desc(&key.g, Some(target))?
+            }
+            _ => desc,
+        };
         plan.narrow.push(Narrow { sms, desc, algo });
         Ok(plan.narrow.len() - 1)
     }
@@ -381,6 +391,35 @@ fn partition_algo(
         }
     }
     plan.algo
+}
+
+/// Study knob `PI0_LT_CLUSTER_SMS="68:56,..."`: on a partition of 68 SMs, GEMMs whose
+/// algorithm runs clusters of 4 or more CTAs get an SM-count target of 56 instead (the SMs of
+/// the partition's whole 8-SM groups, where such clusters fit; BENCHMARKS.md, sixteenth
+/// session: the green 50-50 frame −0.05 ms on the H100).
+fn cluster_sms_study(sms: u32, a: &ls::cublasLtMatmulAlgo_t) -> Option<u32> {
+    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
+    let spec = std::env::var("PI0_LT_CLUSTER_SMS").ok()?;
+    let id = algo_config(a, CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID).ok()?;
+    cluster_sms_target(&spec, sms, id)
+}
+
+/// The SM-count target `spec` ("from:to,...") gives a partition of `sms` SMs for an algorithm
+/// with cluster shape `cluster_id`, if its clusters have 4 or more CTAs.
+fn cluster_sms_target(spec: &str, sms: u32, cluster_id: u32) -> Option<u32> {
+    // cublasLtClusterShape_t: 4 = 4x1, 6 = 2x2, 7 = 4x2, 8 = 1x4, 9 = 2x4, 10 = 4x4,
+    // 11-16 = 8x1 … 1x16; 2, 3, 5 and 17+ are clusters of 1-2 CTAs or of odd sizes.
+    if !matches!(cluster_id, 4 | 6..=16) {
+        return None;
+    }
+    spec.split(',').find_map(|item| {
+        let (from, to) = item.split_once(':')?;
+        let (from, to) = (
+            from.trim().parse::<u32>().ok()?,
+            to.trim().parse::<u32>().ok()?,
+        );
+        (from == sms && (1..=sms).contains(&to)).then_some(to)
+    })
 }
 
 /// Whether cuBLASLt accepts `a` for this product within `ws_bytes` of workspace.
@@ -905,6 +944,24 @@ fn heuristic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_sms_targets_apply_to_large_clusters_of_the_named_partition_only() {
+        let spec = "68:56, 92:88";
+        // 2x4 (9) and 4x2 (7) clusters on 68 SMs get 56; on 92, 88.
+        assert_eq!(cluster_sms_target(spec, 68, 9), Some(56));
+        assert_eq!(cluster_sms_target(spec, 68, 7), Some(56));
+        assert_eq!(cluster_sms_target(spec, 92, 6), Some(88));
+        // 1x1, 2x1, 1x2 clusters keep the partition's own target.
+        for id in [2, 3, 5] {
+            assert_eq!(cluster_sms_target(spec, 68, id), None);
+        }
+        // Partitions not named, and targets above the partition or zero, are ignored.
+        assert_eq!(cluster_sms_target(spec, 64, 9), None);
+        assert_eq!(cluster_sms_target("68:70,64:0", 68, 9), None);
+        assert_eq!(cluster_sms_target("68:70,64:0", 64, 9), None);
+        assert_eq!(cluster_sms_target("garbage", 68, 9), None);
+    }
     use crate::gpu::device::DBuf;
     use rand::{Rng, SeedableRng};
 
