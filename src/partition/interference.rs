@@ -128,19 +128,6 @@ impl Aggressors {
             _lib: lib,
         })
     }
-
-    /// # Safety
-    /// `params` must match the kernel's parameter list.
-    unsafe fn launch(
-        &self,
-        k: sys::CUkernel,
-        stream: &Arc<CudaStream>,
-        grid: u32,
-        block: u32,
-        params: &mut [*mut c_void],
-    ) -> Result<()> {
-        runtime_kernels::launch(k, stream, grid, block, params)
-    }
 }
 
 /// Times `victim` `n` times on the current split under each of `loads`, the aggressor on the
@@ -245,7 +232,7 @@ impl AggressorSide<'_> {
             let launcher = s.spawn(|| -> Result<()> {
                 while running.load(Ordering::Relaxed) {
                     // SAFETY: agg_empty takes no parameters.
-                    unsafe { agg.launch(agg.empty, stream, self.sms, 128, &mut [])? };
+                    unsafe { runtime_kernels::launch(agg.empty, stream, self.sms, 128, &mut [])? };
                     launches.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())
@@ -296,7 +283,7 @@ impl AggressorSide<'_> {
                 let mut count_ptr = self.counter.ptr;
                 // SAFETY: the parameters match agg_read's list.
                 unsafe {
-                    agg.launch(
+                    runtime_kernels::launch(
                         agg.read,
                         stream,
                         self.sms * blocks_per_sm,
@@ -314,7 +301,7 @@ impl AggressorSide<'_> {
             }
             // SAFETY: the parameters match agg_spin's list.
             _ => unsafe {
-                agg.launch(
+                runtime_kernels::launch(
                     agg.spin,
                     stream,
                     self.sms * 2,
@@ -354,7 +341,7 @@ impl AggressorSide<'_> {
         let mut seed = 0x9e37_79b9u32;
         // SAFETY: the parameters match agg_fill's list.
         unsafe {
-            self.agg.launch(
+            runtime_kernels::launch(
                 self.agg.fill,
                 &self.stream,
                 self.sms * 4,

@@ -45,19 +45,6 @@ impl PartitionKernels {
         }))
     }
 
-    /// # Safety
-    /// `params` must match the kernel's parameter list.
-    unsafe fn launch(
-        &self,
-        k: sys::CUkernel,
-        stream: &Arc<CudaStream>,
-        grid: u32,
-        block: u32,
-        params: &mut [*mut c_void],
-    ) -> Result<()> {
-        runtime_kernels::launch(k, stream, grid, block, params)
-    }
-
     /// Enqueues the %smid probe: `blocks` blocks that each spin `spin_cycles` and record their SM.
     pub fn enqueue_probe(
         &self,
@@ -70,7 +57,7 @@ impl PartitionKernels {
         let mut p = out.ptr;
         let mut spin = spin_cycles;
         unsafe {
-            self.launch(
+            runtime_kernels::launch(
                 self.smid,
                 stream,
                 blocks,
@@ -364,7 +351,7 @@ impl StageEngine for SyntheticStages {
             let mut iters = self.cfg.enc_iters;
             let mut salt = l as f32 * 1e-3;
             unsafe {
-                self.kernels.launch(
+                runtime_kernels::launch(
                     self.kernels.enc_layer,
                     stream,
                     grid,
@@ -416,7 +403,7 @@ impl StageEngine for SyntheticStages {
                 let mut xl = x_len;
                 let mut part = self.partial.ptr;
                 unsafe {
-                    self.kernels.launch(
+                    runtime_kernels::launch(
                         self.kernels.dec_reduce,
                         stream,
                         self.cfg.dec_blocks,
@@ -435,7 +422,7 @@ impl StageEngine for SyntheticStages {
                     let mut st = self.state.ptr;
                     let mut sl = self.cfg.action_dim as i32;
                     let mut dt = 0.1f32 / self.cfg.dec_layers as f32 * (1.0 + step as f32 * 0.01);
-                    self.kernels.launch(
+                    runtime_kernels::launch(
                         self.kernels.dec_update,
                         stream,
                         (x_len as u32).div_ceil(256),
