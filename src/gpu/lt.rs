@@ -335,7 +335,10 @@ impl LtCache {
                     "lt cluster target {}x{}x{}: {sms} SMs -> {target}",
                     key.g.m, key.g.n, key.g.k
                 );
-                make_desc(&key.g, Some(target))?
+                let retargeted = make_desc(&key.g, Some(target));
+                // SAFETY: made above, used only to choose `algo`, not stored.
+                let _ = unsafe { lr::destroy_matmul_desc(desc) };
+                retargeted?
             }
             _ => desc,
         };
