@@ -146,6 +146,7 @@ impl GreenGroups {
         ctx: &Arc<CudaContext>,
         small_groups: u32,
         at_end: bool,
+        remainder: RemainderTo,
         prio: (i32, i32),
     ) -> Result<((GreenStage, u32), (GreenStage, u32))> {
         let big_groups = self.layout.groups - small_groups;
@@ -154,9 +155,15 @@ impl GreenGroups {
         } else {
             (0, small_groups)
         };
+        let (small_rem, big_rem) = match remainder {
+            RemainderTo::Larger => (false, true),
+            RemainderTo::Smaller => (true, false),
+            RemainderTo::Both => (true, true),
+            RemainderTo::Neither => (false, false),
+        };
         Ok((
-            self.make(ctx, small_first, small_groups, false, prio.0)?,
-            self.make(ctx, big_first, big_groups, true, prio.1)?,
+            self.make(ctx, small_first, small_groups, small_rem, prio.0)?,
+            self.make(ctx, big_first, big_groups, big_rem, prio.1)?,
         ))
     }
 
@@ -225,6 +232,16 @@ impl GreenGroups {
             Ok((stage, green_ctx_sms(g)?))
         }
     }
+}
+
+/// Which stage of a complementary pair gets the SMs outside the whole groups (study knob
+/// `PI0_GREEN_PAIR=remainder-*`; the default split gives them to the larger stage).
+#[derive(Clone, Copy)]
+enum RemainderTo {
+    Larger,
+    Smaller,
+    Both,
+    Neither,
 }
 
 struct GreenStage {
@@ -358,12 +375,25 @@ impl Partition {
                 };
                 let (small, rest) = match std::env::var("PI0_GREEN_PAIR").as_deref() {
                     // Placement experiments (pi0-bench-partition, docs/gpu-notes.md knobs).
-                    Ok(p @ ("groups-low" | "groups-high")) => {
-                        g.make_pair_from_groups(ctx, small_groups, p == "groups-high", prio)?
+                    Ok(p @ ("groups-low" | "groups-high")) => g.make_pair_from_groups(
+                        ctx,
+                        small_groups,
+                        p == "groups-high",
+                        RemainderTo::Larger,
+                        prio,
+                    )?,
+                    // Where the left-over SMs go (BENCHMARKS.md, seventeenth session).
+                    Ok(p @ ("remainder-idle" | "remainder-both" | "remainder-smaller")) => {
+                        let to = match p {
+                            "remainder-idle" => RemainderTo::Neither,
+                            "remainder-both" => RemainderTo::Both,
+                            _ => RemainderTo::Smaller,
+                        };
+                        g.make_pair_from_groups(ctx, small_groups, false, to, prio)?
                     }
                     other => {
                         if let Ok(v) = other {
-                            log::warn!("PI0_GREEN_PAIR=`{v}` unknown (groups-low, groups-high); using the driver's split");
+                            log::warn!("PI0_GREEN_PAIR=`{v}` unknown (groups-low, groups-high, remainder-idle, remainder-both, remainder-smaller); using the driver's split");
                         }
                         g.make_pair(ctx, small_groups * g.layout.granularity, prio)?
                     }
