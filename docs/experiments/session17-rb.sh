@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Session 17 call 2: remainderbench.cu (are the left-over SMs slower?), then the
-# PI0_LT_CLUSTER_SMS targets on the 50-50 pair, one process per variant, defaults interleaved.
+# Session 17 call 2: remainderbench.cu (are the left-over SMs slower?); partition_gpu and
+# gpu_golden; the encoder's whole-group cluster target (the new default) against
+# PI0_LT_CLUSTER_GROUPS=off, one process per variant, interleaved; the acceptance run.
 set -uo pipefail
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -8,21 +9,31 @@ B=.carry; O=/tmp/l; mkdir -p $O
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 t0=$SECONDS
 nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/rb docs/experiments/remainderbench.cu -lcuda 2>&1 | tail -5
-timeout 120 /tmp/rb 2>&1 | tee ${OUT:-/tmp}/rb.txt
+timeout 90 /tmp/rb > $O/rb.txt 2>&1; cp $O/rb.txt ${OUT:-/tmp}/
 echo "remainderbench $((SECONDS-t0)) s"
+t0=$SECONDS
+timeout 120 $B/partition_gpu --test-threads 1 2>&1 | grep -E "test result"
+timeout 200 $B/gpu_golden --test-threads 1 2>&1 | grep -E "rel|test result" | tail -8
+echo "tests $((SECONDS-t0)) s"
 run() { # label, env...
   local label=$1; shift
   local t0=$SECONDS
-  timeout 80 env "$@" $B/pi0-bench-partition --engine pi0 --iterations 60 > $O/$label.log 2>&1
+  timeout 80 env RUST_LOG=pi0_mps::gpu::lt=debug "$@" $B/pi0-bench-partition --engine pi0 --iterations 60 > $O/$label.log 2>&1
   local fw=$(grep -E "^\| forward sequential \|" $O/$label.log | head -1 | awk -F'|' '{print $7}')
   local f50=$(grep -E "^\| partitioned concurrent 50-50" $O/$label.log | awk -F'|' '{print $8" es"$11" ds"$12" dl"$13" so"$14}')
-  echo "$label | fw $fw | 50-50 $f50 | $((SECONDS-t0)) s"
+  local n=$(grep -c "lt cluster target" $O/$label.log)
+  echo "$label | fw $fw | 50-50 $f50 | retargets $n | $((SECONDS-t0)) s"
 }
-run def1 X=1 | tee -a $O/sum.txt
-run cs56a PI0_LT_CLUSTER_SMS=68:56 | tee -a $O/sum.txt
-run cs48a PI0_LT_CLUSTER_SMS=68:48 | tee -a $O/sum.txt
-run def2 X=1 | tee -a $O/sum.txt
-run cs56b PI0_LT_CLUSTER_SMS=68:56 | tee -a $O/sum.txt
-run cs48b PI0_LT_CLUSTER_SMS=68:48 | tee -a $O/sum.txt
-run def3 X=1 | tee -a $O/sum.txt
-echo; cat $O/sum.txt
+run on1 X=1 | tee -a $O/sum.txt
+run off1 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
+run on2 X=1 | tee -a $O/sum.txt
+run off2 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
+run on3 X=1 | tee -a $O/sum.txt
+run off3 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
+grep "lt cluster target" $O/on1.log | sed -E 's/.*lt cluster/lt cluster/' | sort | uniq -c
+t0=$SECONDS
+timeout 200 $B/pi0-bench-partition --engine pi0 --iterations 60 --equivalence 200 --reconfig 30 > $O/accept.log 2>&1
+cp $O/accept.log ${OUT:-/tmp}/
+grep -E "acceptance|streaming|equivalen|bitwise|reconfig|switch|dropped|changes" $O/accept.log | tail -12
+echo "acceptance $((SECONDS-t0)) s"
+echo; cat $O/sum.txt; echo; cat $O/rb.txt | tail -50

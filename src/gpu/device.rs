@@ -559,6 +559,38 @@ pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
     (r == sys::CUresult::CUDA_SUCCESS && !g.is_null()).then_some(g)
 }
 
+/// (granularity, left-over SMs) of the device's green-context split: the SMs that
+/// `cuDevSmResourceSplitByCount` leaves outside whole groups (an H100: 15 groups of 8 and 12
+/// left over, two per GPC in six GPCs). None where green contexts are unavailable.
+pub(crate) fn green_left_over_sms(dev: sys::CUdevice) -> Option<(u32, u32)> {
+    // SAFETY: plain queries into zeroed resources; `groups` has room for every group.
+    unsafe {
+        let mut all: sys::CUdevResource = std::mem::zeroed();
+        let r = sys::cuDeviceGetDevResource(
+            dev,
+            &mut all,
+            sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+        );
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return None;
+        }
+        let sm = all.__bindgen_anon_1.sm;
+        let granularity = sm.minSmPartitionSize.max(1);
+        let mut n = sm.smCount / granularity;
+        let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); n.max(1) as usize];
+        let mut rest: sys::CUdevResource = std::mem::zeroed();
+        let r = sys::cuDevSmResourceSplitByCount(
+            groups.as_mut_ptr(),
+            &mut n,
+            &all,
+            &mut rest,
+            0,
+            granularity,
+        );
+        (r == sys::CUresult::CUDA_SUCCESS).then(|| (granularity, rest.__bindgen_anon_1.sm.smCount))
+    }
+}
+
 /// SMs provisioned to green context `g`.
 pub(crate) fn green_ctx_sms(g: sys::CUgreenCtx) -> Result<u32> {
     // SAFETY: plain query on a valid green context into a zeroed resource.

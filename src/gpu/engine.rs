@@ -140,6 +140,12 @@ fn bind_stream_context(stream: &Arc<CudaStream>) -> Result<()> {
 /// SMs the work of `stream` may run on: its green context's share, its MPS context's
 /// execution affinity (that context bound), or the whole device. Grids sized to this stay in
 /// one wave on a partition.
+/// The whole-group SMs of a green partition of `sms` SMs on a device that leaves `left_over`
+/// SMs outside its groups of `granularity`: None for a partition of whole groups only.
+fn whole_group_sms(sms: u32, granularity: u32, left_over: u32) -> Option<u32> {
+    (left_over > 0 && sms % granularity.max(1) != 0 && sms > left_over).then(|| sms - left_over)
+}
+
 fn stream_sms(stream: &Arc<CudaStream>, device_sms: usize) -> usize {
     let green =
         device::stream_green_ctx(stream.cu_stream()).and_then(|g| device::green_ctx_sms(g).ok());
@@ -384,6 +390,9 @@ pub struct Pi0Cuda {
     pdl_scope: PdlScope,
     /// Multiprocessors of the whole device.
     device_sms: usize,
+    /// (group size, left-over SMs) of the device's green split; None where there is none or
+    /// `PI0_LT_CLUSTER_GROUPS=off` (`whole_group_sms`).
+    green_left_over: Option<(u32, u32)>,
     name: String,
 }
 
@@ -648,6 +657,11 @@ impl Pi0Cuda {
             Ok("all") => PdlScope::AllStreams,
             _ => PdlScope::OtherStreams,
         };
+        let green_left_over = if std::env::var("PI0_LT_CLUSTER_GROUPS").is_ok_and(|v| v == "off") {
+            None
+        } else {
+            device::green_left_over_sms(ctx.cu_device())
+        };
         Ok(Pi0Cuda {
             rope_llm,
             rope_exp,
@@ -667,6 +681,7 @@ impl Pi0Cuda {
             dslots,
             graphs: Mutex::new(HashMap::new()),
             device_sms: sms,
+            green_left_over,
             name,
         })
     }
@@ -712,6 +727,16 @@ impl Pi0Cuda {
     fn partition_sms(&self, stream: &Arc<CudaStream>) -> Option<u32> {
         let sms = stream_sms(stream, self.device_sms);
         (sms < self.device_sms).then_some(sms as u32)
+    }
+
+    /// For a green partition of `sms` SMs that holds the device's left-over SMs (its count is
+    /// not a multiple of the group size), the SMs of its whole groups: the encoder's GEMMs with
+    /// clusters of 4+ CTAs are planned for these (lt.rs `cluster_sm_target`; BENCHMARKS.md,
+    /// sixteenth and seventeenth sessions). `PI0_LT_CLUSTER_GROUPS=off` turns it off.
+    fn whole_group_sms(&self, stream: &Arc<CudaStream>, sms: Option<u32>) -> Option<u32> {
+        let (granularity, left_over) = self.green_left_over?;
+        device::stream_green_ctx(stream.cu_stream())?;
+        whole_group_sms(sms?, granularity, left_over)
     }
 
     fn pslot(&self, slot: usize) -> Result<&PrefixSlot> {
@@ -931,6 +956,7 @@ impl Pi0Cuda {
         let mut lt = p.lt.lock().unwrap();
         let lt = &mut *lt;
         lt.sm_target = self.partition_sms(stream);
+        lt.cluster_sm_target = self.whole_group_sms(stream, lt.sm_target);
         lt.pdl_all = self.pdl_scope.covers(stream, &self.stream);
         nvtx::range_push!("encoder");
         nvtx::range_push!("vision");
@@ -1787,6 +1813,16 @@ impl PolicyEngine for Pi0Cuda {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn whole_group_sms_drops_the_left_over_sms_of_partitions_that_hold_them() {
+        // An H100: 15 groups of 8 and 12 left over.
+        assert_eq!(whole_group_sms(68, 8, 12), Some(56)); // 50-50: 7 groups + 12
+        assert_eq!(whole_group_sms(76, 8, 12), Some(64));
+        assert_eq!(whole_group_sms(64, 8, 12), None); // whole groups only
+        assert_eq!(whole_group_sms(12, 8, 12), None); // nothing but the left-over SMs
+        assert_eq!(whole_group_sms(68, 8, 0), None); // a device without left-over SMs
+    }
 
     fn download_bf16(b: &DBuf, n: usize) -> Vec<f64> {
         b.download::<u16>(n)

@@ -226,6 +226,10 @@ pub struct LtCache {
     /// SMs the stream of the next calls is confined to (None: the whole GPU). Set by the
     /// engine per stage enqueue.
     pub sm_target: Option<u32>,
+    /// Set per enqueue, like `sm_target`: the SMs of the partition's whole 8-SM groups when
+    /// it also holds the left-over SMs (the encoder's 68 on the H100's 50-50 split: 56).
+    /// GEMMs with clusters of 4+ CTAs target these: such clusters fit only in whole groups.
+    pub cluster_sm_target: Option<u32>,
     /// Set per enqueue, like `sm_target`: whether every kernel of ours in it joins the
     /// programmatic-launch chain (`PdlScope` in engine.rs).
     pub pdl_all: bool,
@@ -250,6 +254,7 @@ impl LtCache {
             workspace_bytes,
             autotune: false,
             sm_target: None,
+            cluster_sm_target: None,
             pdl_all: false,
             scratch: None,
         }
@@ -298,7 +303,7 @@ impl LtCache {
             self.tune(h, stream, key, x, w, bias, alpha)?;
         }
         let narrow = match self.sm_target {
-            Some(sms) => Some(self.narrow(h, key, sms)?),
+            Some(sms) => Some(self.narrow(h, key, sms, self.cluster_sm_target)?),
             None => None,
         };
         let plan = &self.plans[&key];
@@ -316,7 +321,13 @@ impl LtCache {
     /// Index of `key`'s variant for `sms` SMs, made on first use: the whole-GPU algorithm
     /// under an SM-count target (PI0_LT_NARROW=reselect: the heuristic's own pick for that
     /// target instead; =off: no variant, for comparisons).
-    fn narrow(&mut self, h: &LtHandle, key: Key, sms: u32) -> Result<usize> {
+    fn narrow(
+        &mut self,
+        h: &LtHandle,
+        key: Key,
+        sms: u32,
+        cluster_sms: Option<u32>,
+    ) -> Result<usize> {
         let ws_bytes = self.workspace_bytes;
         let plan = self.plans.get_mut(&key).unwrap();
         if let Some(i) = plan.narrow.iter().position(|n| n.sms == sms) {
@@ -329,11 +340,17 @@ impl LtCache {
         } else {
             partition_algo(h, &key.g, desc, plan, ws_bytes)
         };
-        let desc = match cluster_sms_study(sms, &algo) {
+        let retarget = cluster_sms_study(sms, &algo).or_else(|| {
+            let t = cluster_sms.filter(|&t| (1..sms).contains(&t))?;
+            large_cluster(algo_config(&algo, CLUSTER_SHAPE).ok()?).then_some(t)
+        });
+        let desc = match retarget {
             Some(target) if mode != "off" => {
-                eprintln!(
+                log::debug!(
                     "lt cluster target {}x{}x{}: {sms} SMs -> {target}",
-                    key.g.m, key.g.n, key.g.k
+                    key.g.m,
+                    key.g.n,
+                    key.g.k
                 );
                 let retargeted = make_desc(&key.g, Some(target));
                 // SAFETY: made above, used only to choose `algo`, not stored.
@@ -401,18 +418,25 @@ fn partition_algo(
 /// the partition's whole 8-SM groups, where such clusters fit; BENCHMARKS.md, sixteenth
 /// session: the green 50-50 frame −0.05 ms on the H100).
 fn cluster_sms_study(sms: u32, a: &ls::cublasLtMatmulAlgo_t) -> Option<u32> {
-    use ls::cublasLtMatmulAlgoConfigAttributes_t as CA;
     let spec = std::env::var("PI0_LT_CLUSTER_SMS").ok()?;
-    let id = algo_config(a, CA::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID).ok()?;
+    let id = algo_config(a, CLUSTER_SHAPE).ok()?;
     cluster_sms_target(&spec, sms, id)
+}
+
+const CLUSTER_SHAPE: ls::cublasLtMatmulAlgoConfigAttributes_t =
+    ls::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID;
+
+/// Whether cluster shape `cluster_id` has 4 or more CTAs (cublasLtClusterShape_t: 4 = 4x1,
+/// 6 = 2x2, 7 = 4x2, 8 = 1x4, 9 = 2x4, 10 = 4x4, 11-16 = 8x1 … 1x16; 2, 3, 5 and 17+ are
+/// clusters of 1-2 CTAs or of odd sizes).
+fn large_cluster(cluster_id: u32) -> bool {
+    matches!(cluster_id, 4 | 6..=16)
 }
 
 /// The SM-count target `spec` ("from:to,...") gives a partition of `sms` SMs for an algorithm
 /// with cluster shape `cluster_id`, if its clusters have 4 or more CTAs.
 fn cluster_sms_target(spec: &str, sms: u32, cluster_id: u32) -> Option<u32> {
-    // cublasLtClusterShape_t: 4 = 4x1, 6 = 2x2, 7 = 4x2, 8 = 1x4, 9 = 2x4, 10 = 4x4,
-    // 11-16 = 8x1 … 1x16; 2, 3, 5 and 17+ are clusters of 1-2 CTAs or of odd sizes.
-    if !matches!(cluster_id, 4 | 6..=16) {
+    if !large_cluster(cluster_id) {
         return None;
     }
     spec.split(',').find_map(|item| {
