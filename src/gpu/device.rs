@@ -587,7 +587,8 @@ pub(crate) fn green_left_over_sms(dev: sys::CUdevice) -> Option<(u32, u32)> {
             0,
             granularity,
         );
-        (r == sys::CUresult::CUDA_SUCCESS).then(|| (granularity, rest.__bindgen_anon_1.sm.smCount))
+        (r == sys::CUresult::CUDA_SUCCESS)
+            .then_some((granularity, rest.__bindgen_anon_1.sm.smCount))
     }
 }
 
