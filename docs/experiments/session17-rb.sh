@@ -22,15 +22,13 @@ run() { # label, env...
 }
 run on1 X=1 | tee -a $O/sum.txt
 run off1 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
-run on2 X=1 | tee -a $O/sum.txt
-run off2 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
-run on3 X=1 | tee -a $O/sum.txt
-run off3 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
 grep "lt cluster target" $O/on1.log | sed -E 's/.*lt cluster/lt cluster/' | sort | uniq -c
 t0=$SECONDS
 timeout 150 $B/pi0-bench-partition --engine pi0 --iterations 60 --equivalence 200 --reconfig 30 > $O/accept.log 2>&1
 grep -E "^acceptance|^streaming|^equivalence|^reconfig|^\| partitioned concurrent 50-50|^\| forward sequential \|" $O/accept.log | tail -8
 echo "acceptance $((SECONDS-t0)) s"
+run on2 X=1 | tee -a $O/sum.txt
+run off2 PI0_LT_CLUSTER_GROUPS=off | tee -a $O/sum.txt
 t0=$SECONDS
 nvcc -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/rb docs/experiments/remainderbench.cu -lcuda 2>&1 | tail -5
 timeout 60 /tmp/rb > $O/rb.txt 2>&1
