@@ -137,15 +137,15 @@ fn bind_stream_context(stream: &Arc<CudaStream>) -> Result<()> {
         .map_err(|e| Error::Gpu(format!("binding the stream's context: {e:?}")))
 }
 
-/// SMs the work of `stream` may run on: its green context's share, its MPS context's
-/// execution affinity (that context bound), or the whole device. Grids sized to this stay in
-/// one wave on a partition.
 /// The whole-group SMs of a green partition of `sms` SMs on a device that leaves `left_over`
 /// SMs outside its groups of `granularity`: None for a partition of whole groups only.
 fn whole_group_sms(sms: u32, granularity: u32, left_over: u32) -> Option<u32> {
     (left_over > 0 && sms % granularity.max(1) != 0 && sms > left_over).then(|| sms - left_over)
 }
 
+/// SMs the work of `stream` may run on: its green context's share, its MPS context's
+/// execution affinity (that context bound), or the whole device. Grids sized to this stay in
+/// one wave on a partition.
 fn stream_sms(stream: &Arc<CudaStream>, device_sms: usize) -> usize {
     let green =
         device::stream_green_ctx(stream.cu_stream()).and_then(|g| device::green_ctx_sms(g).ok());
