@@ -236,12 +236,33 @@ impl GreenGroups {
 
 /// Which stage of a complementary pair gets the SMs outside the whole groups (study knob
 /// `PI0_GREEN_PAIR=remainder-*`; the default split gives them to the larger stage).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RemainderTo {
     Larger,
     Smaller,
     Both,
     Neither,
+}
+
+/// Study knob `PI0_GREEN_PAIR`: a complementary pair built from the precomputed groups, the
+/// smaller stage on the first groups (`groups-low`, the default here) or the last
+/// (`groups-high`), the left-over SMs to the larger stage (`remainder-larger`, the default
+/// here), the smaller, both or neither; comma-separated, e.g. `groups-high,remainder-idle`.
+/// Returns (smaller stage at the end, where the left-over SMs go); None for anything else.
+fn pair_placement(spec: &str) -> Option<(bool, RemainderTo)> {
+    let (mut at_end, mut to) = (false, RemainderTo::Larger);
+    for item in spec.split(',').map(str::trim) {
+        match item {
+            "groups-low" => at_end = false,
+            "groups-high" => at_end = true,
+            "remainder-larger" => to = RemainderTo::Larger,
+            "remainder-smaller" => to = RemainderTo::Smaller,
+            "remainder-both" => to = RemainderTo::Both,
+            "remainder-idle" => to = RemainderTo::Neither,
+            _ => return None,
+        }
+    }
+    Some((at_end, to))
 }
 
 struct GreenStage {
@@ -373,27 +394,15 @@ impl Partition {
                 } else {
                     (dec_prio, enc_prio)
                 };
-                let (small, rest) = match std::env::var("PI0_GREEN_PAIR").as_deref() {
+                let knob = std::env::var("PI0_GREEN_PAIR").ok();
+                let (small, rest) = match knob.as_deref().map(pair_placement) {
                     // Placement experiments (pi0-bench-partition, docs/gpu-notes.md knobs).
-                    Ok(p @ ("groups-low" | "groups-high")) => g.make_pair_from_groups(
-                        ctx,
-                        small_groups,
-                        p == "groups-high",
-                        RemainderTo::Larger,
-                        prio,
-                    )?,
-                    // Where the left-over SMs go (BENCHMARKS.md, seventeenth session).
-                    Ok(p @ ("remainder-idle" | "remainder-both" | "remainder-smaller")) => {
-                        let to = match p {
-                            "remainder-idle" => RemainderTo::Neither,
-                            "remainder-both" => RemainderTo::Both,
-                            _ => RemainderTo::Smaller,
-                        };
-                        g.make_pair_from_groups(ctx, small_groups, false, to, prio)?
+                    Some(Some((at_end, to))) => {
+                        g.make_pair_from_groups(ctx, small_groups, at_end, to, prio)?
                     }
                     other => {
-                        if let Ok(v) = other {
-                            log::warn!("PI0_GREEN_PAIR=`{v}` unknown (groups-low, groups-high, remainder-idle, remainder-both, remainder-smaller); using the driver's split");
+                        if other.is_some() {
+                            log::warn!("PI0_GREEN_PAIR={knob:?} not understood (groups-low|groups-high, remainder-larger|remainder-smaller|remainder-both|remainder-idle, comma-separated); using the driver's split");
                         }
                         g.make_pair(ctx, small_groups * g.layout.granularity, prio)?
                     }
@@ -612,4 +621,35 @@ pub fn mps_probe(ctx: &Arc<CudaContext>, total_sms: u32) -> Result<()> {
     ctx.bind_to_thread()
         .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_placement_reads_placement_and_left_over_sms_in_any_order() {
+        assert_eq!(
+            pair_placement("groups-low"),
+            Some((false, RemainderTo::Larger))
+        );
+        assert_eq!(
+            pair_placement("groups-high"),
+            Some((true, RemainderTo::Larger))
+        );
+        assert_eq!(
+            pair_placement("remainder-idle"),
+            Some((false, RemainderTo::Neither))
+        );
+        assert_eq!(
+            pair_placement("remainder-both, groups-high"),
+            Some((true, RemainderTo::Both))
+        );
+        assert_eq!(
+            pair_placement("groups-high,remainder-smaller"),
+            Some((true, RemainderTo::Smaller))
+        );
+        assert_eq!(pair_placement("groups-middle"), None);
+        assert_eq!(pair_placement(""), None);
+    }
 }
