@@ -540,9 +540,9 @@ impl Kernels {
     }
 }
 
-/// The green context `s` was made in (None: an ordinary stream, or a driver before CUDA 12.4,
-/// which has no green contexts).
-pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
+/// Whether the driver has the green-context API (CUDA 12.4+): its symbols are looked up on
+/// first call, and an older driver lacks them.
+fn driver_has_green_contexts() -> bool {
     static DRIVER: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
     let driver = *DRIVER.get_or_init(|| {
         let mut v = 0;
@@ -550,7 +550,13 @@ pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
         unsafe { sys::cuDriverGetVersion(&mut v) };
         v
     });
-    if driver < 12040 {
+    driver >= 12040
+}
+
+/// The green context `s` was made in (None: an ordinary stream, or a driver before CUDA 12.4,
+/// which has no green contexts).
+pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
+    if !driver_has_green_contexts() {
         return None;
     }
     let mut g: sys::CUgreenCtx = std::ptr::null_mut();
@@ -563,6 +569,9 @@ pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
 /// `cuDevSmResourceSplitByCount` leaves outside whole groups (an H100: 15 groups of 8 and 12
 /// left over, two per GPC in six GPCs). None where green contexts are unavailable.
 pub(crate) fn green_left_over_sms(dev: sys::CUdevice) -> Option<(u32, u32)> {
+    if !driver_has_green_contexts() {
+        return None;
+    }
     // SAFETY: plain queries into zeroed resources; `groups` has room for every group.
     unsafe {
         let mut all: sys::CUdevResource = std::mem::zeroed();
