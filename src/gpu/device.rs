@@ -565,40 +565,70 @@ pub(crate) fn stream_green_ctx(s: sys::CUstream) -> Option<sys::CUgreenCtx> {
     (r == sys::CUresult::CUDA_SUCCESS && !g.is_null()).then_some(g)
 }
 
-/// (granularity, left-over SMs) of the device's green-context split: the SMs that
-/// `cuDevSmResourceSplitByCount` leaves outside whole groups (an H100: 15 groups of 8 and 12
-/// left over, two per GPC in six GPCs). None where green contexts are unavailable.
+/// The device's SMs cut once by `cuDevSmResourceSplitByCount` into whole groups of
+/// `granularity` (`minSmPartitionSize`) plus the SMs left over (an H100: 15 groups of 8 and
+/// 12 left over, two per GPC in six GPCs).
+pub(crate) struct GreenSplit {
+    pub total: u32,
+    pub granularity: u32,
+    pub groups: Vec<sys::CUdevResource>,
+    pub remainder: sys::CUdevResource,
+}
+
+impl GreenSplit {
+    pub fn new(dev: sys::CUdevice) -> Result<Self> {
+        // SAFETY: plain queries into zeroed resources; `groups` has room for every group.
+        unsafe {
+            let mut all: sys::CUdevResource = std::mem::zeroed();
+            cu(
+                sys::cuDeviceGetDevResource(
+                    dev,
+                    &mut all,
+                    sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+                ),
+                "cuDeviceGetDevResource (green contexts need driver >= 550 / CUDA 12.4)",
+            )?;
+            let sm = all.__bindgen_anon_1.sm;
+            let granularity = sm.minSmPartitionSize.max(1);
+            let mut n = sm.smCount / granularity;
+            let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); n as usize];
+            let mut remainder: sys::CUdevResource = std::mem::zeroed();
+            cu(
+                sys::cuDevSmResourceSplitByCount(
+                    groups.as_mut_ptr(),
+                    &mut n,
+                    &all,
+                    &mut remainder,
+                    0,
+                    granularity,
+                ),
+                "cuDevSmResourceSplitByCount",
+            )?;
+            groups.truncate(n as usize);
+            Ok(GreenSplit {
+                total: sm.smCount,
+                granularity,
+                groups,
+                remainder,
+            })
+        }
+    }
+
+    /// SMs outside the whole groups.
+    pub fn left_over(&self) -> u32 {
+        // SAFETY: an SM resource written by the split.
+        unsafe { self.remainder.__bindgen_anon_1.sm.smCount }
+    }
+}
+
+/// (granularity, left-over SMs) of the device's green split; None where green contexts are
+/// unavailable.
 pub(crate) fn green_left_over_sms(dev: sys::CUdevice) -> Option<(u32, u32)> {
     if !driver_has_green_contexts() {
         return None;
     }
-    // SAFETY: plain queries into zeroed resources; `groups` has room for every group.
-    unsafe {
-        let mut all: sys::CUdevResource = std::mem::zeroed();
-        let r = sys::cuDeviceGetDevResource(
-            dev,
-            &mut all,
-            sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
-        );
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return None;
-        }
-        let sm = all.__bindgen_anon_1.sm;
-        let granularity = sm.minSmPartitionSize.max(1);
-        let mut n = sm.smCount / granularity;
-        let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); n.max(1) as usize];
-        let mut rest: sys::CUdevResource = std::mem::zeroed();
-        let r = sys::cuDevSmResourceSplitByCount(
-            groups.as_mut_ptr(),
-            &mut n,
-            &all,
-            &mut rest,
-            0,
-            granularity,
-        );
-        (r == sys::CUresult::CUDA_SUCCESS)
-            .then_some((granularity, rest.__bindgen_anon_1.sm.smCount))
-    }
+    let split = GreenSplit::new(dev).ok()?;
+    Some((split.granularity, split.left_over()))
 }
 
 /// SMs provisioned to green context `g`.

@@ -303,7 +303,7 @@ impl LtCache {
             self.tune(h, stream, key, x, w, bias, alpha)?;
         }
         let narrow = match self.sm_target {
-            Some(sms) => Some(self.narrow(h, key, sms, self.cluster_sm_target)?),
+            Some(sms) => Some(self.narrow(h, key, sms)?),
             None => None,
         };
         let plan = &self.plans[&key];
@@ -321,14 +321,8 @@ impl LtCache {
     /// Index of `key`'s variant for `sms` SMs, made on first use: the whole-GPU algorithm
     /// under an SM-count target (PI0_LT_NARROW=reselect: the heuristic's own pick for that
     /// target instead; =off: no variant, for comparisons).
-    fn narrow(
-        &mut self,
-        h: &LtHandle,
-        key: Key,
-        sms: u32,
-        cluster_sms: Option<u32>,
-    ) -> Result<usize> {
-        let ws_bytes = self.workspace_bytes;
+    fn narrow(&mut self, h: &LtHandle, key: Key, sms: u32) -> Result<usize> {
+        let (ws_bytes, cluster_sms) = (self.workspace_bytes, self.cluster_sm_target);
         let plan = self.plans.get_mut(&key).unwrap();
         if let Some(i) = plan.narrow.iter().position(|n| n.sms == sms) {
             return Ok(i);

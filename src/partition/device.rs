@@ -12,7 +12,9 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use super::split::{Backend, SmLayout, SplitPlan, StagePlan};
 use crate::error::{Error, Result};
-use crate::gpu::device::{bound_context_sm_affinity, cu, green_ctx_sms, stream_green_ctx};
+use crate::gpu::device::{
+    bound_context_sm_affinity, cu, green_ctx_sms, stream_green_ctx, GreenSplit,
+};
 
 /// Whether a CUDA driver and GPU can be used here; `Err` says why not (for test skips).
 /// Never panics: libcuda is probed with dlopen before cudarc touches it.
@@ -71,48 +73,33 @@ unsafe impl Sync for GreenGroups {}
 
 impl GreenGroups {
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
-        let all = device_sm_resource(ctx)?;
-        let layout = green_layout(ctx)?;
-        let want = layout.groups();
-        unsafe {
-            let mut groups: Vec<sys::CUdevResource> = vec![std::mem::zeroed(); want as usize];
-            let mut n = want;
-            let mut remainder: sys::CUdevResource = std::mem::zeroed();
-            cu(
-                sys::cuDevSmResourceSplitByCount(
-                    groups.as_mut_ptr(),
-                    &mut n,
-                    &all,
-                    &mut remainder,
-                    0,
-                    layout.granularity,
-                ),
-                "cuDevSmResourceSplitByCount",
-            )?;
-            groups.truncate(n as usize);
-            if n == 0 {
-                return Err(Error::Gpu(format!(
-                    "the SM split gave no group of {} SMs",
-                    layout.granularity
-                )));
-            }
-            // Measured on the H100: 15 groups of 8 and 12 left over (groups stay in a GPC).
-            let layout = SmLayout {
-                groups: n,
-                ..layout
-            };
-            log::debug!(
-                "green contexts: {} SMs = {n} groups of {} + {} left over",
-                layout.total,
-                layout.granularity,
-                layout.remainder()
-            );
-            Ok(GreenGroups {
-                groups,
-                remainder,
-                layout,
-            })
+        ctx.bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
+        let split = GreenSplit::new(ctx.cu_device())?;
+        let n = split.groups.len() as u32;
+        if n == 0 {
+            return Err(Error::Gpu(format!(
+                "the SM split gave no group of {} SMs",
+                split.granularity
+            )));
         }
+        // Measured on the H100: 15 groups of 8 and 12 left over (groups stay in a GPC).
+        let layout = SmLayout {
+            total: split.total,
+            granularity: split.granularity,
+            groups: n,
+        };
+        log::debug!(
+            "green contexts: {} SMs = {n} groups of {} + {} left over",
+            layout.total,
+            layout.granularity,
+            layout.remainder()
+        );
+        Ok(GreenGroups {
+            groups: split.groups,
+            remainder: split.remainder,
+            layout,
+        })
     }
 
     /// A complementary pair: one group of at least `small_sms` (split off the whole device)
