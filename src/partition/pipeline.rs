@@ -200,6 +200,11 @@ struct Pending {
 struct Inner<E: StageEngine> {
     engine: E,
     ctx: Arc<CudaContext>,
+    /// Observations are copied to the GPU on this stream (no SMs, copy engine only), so the
+    /// copy of the next observation overlaps the encoder still running on the previous one
+    /// instead of queueing behind it on the encoder's stream. None: on the encoder's stream
+    /// (`PI0_UPLOAD_STREAM=off`, the comparison knob).
+    upload: Option<Arc<CudaStream>>,
     total_sms: u32,
     green: Option<GreenGroups>,
     green_err: Option<String>,
@@ -224,6 +229,11 @@ struct Inner<E: StageEngine> {
     capture_ms: Mutex<Vec<f64>>,
     capture_lock: Mutex<()>,
     stop: AtomicBool,
+}
+
+/// `PI0_UPLOAD_STREAM=off` copies observations on the encoder's own stream (the old way).
+fn upload_stream_wanted() -> bool {
+    std::env::var("PI0_UPLOAD_STREAM").map_or(true, |v| v != "off")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -282,8 +292,13 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             capture_ms: 0.0,
             partition: Partition::create(&ctx, probe_plan, None, total_sms)?,
         });
+        let upload = match upload_stream_wanted() {
+            true => Some(ctx.new_stream().map_err(gpu("upload stream"))?),
+            false => None,
+        };
         let inner = Arc::new(Inner {
             ctx,
+            upload,
             total_sms,
             green,
             green_err,
@@ -712,14 +727,14 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     fn run_encoder(&self, obs: ObsId, input: &ModelInput) -> Result<(usize, Arc<CudaEvent>)> {
         let inner = &self.inner;
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (slot, last_read) = {
+        let (slot, last_read, last_written) = {
             let mut s = lock(&inner.slots);
             loop {
                 s.refresh();
                 if let Some(i) = s.table.slot_to_write() {
                     s.table.states[i] = SlotState::Writing(obs);
-                    s.written[i] = None;
-                    break (i, s.last_read[i].clone());
+                    let last_written = s.written[i].take();
+                    break (i, s.last_read[i].clone(), last_written);
                 }
                 if Instant::now() > deadline {
                     return Err(Error::Gpu("no prefix slot became free in 30 s".into()));
@@ -739,7 +754,19 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
                 stream.wait(ev).map_err(gpu("slot fence"))?;
             }
             let _r = Range::new("encoder");
-            inner.engine.upload_observation(stream, slot, input)?;
+            match &inner.upload {
+                Some(up) => {
+                    // The slot's images were last read by the encoder that wrote it; uploads
+                    // run in order on this one stream, so a wait here also covers later ones.
+                    if let Some(ev) = &last_written {
+                        up.wait(ev).map_err(gpu("upload fence"))?;
+                    }
+                    inner.engine.upload_observation(up, slot, input)?;
+                    let copied = up.record_event(None).map_err(gpu("record"))?;
+                    stream.wait(&copied).map_err(gpu("upload wait"))?;
+                }
+                None => inner.engine.upload_observation(stream, slot, input)?,
+            }
             let shape = inner.engine.encoder_shape(slot);
             self.launch_stage(&active, Stage::Encoder, slot, shape, |st| {
                 inner.engine.enqueue_encoder(st, slot)
