@@ -24,15 +24,18 @@ run() { # label, env...
 }
 run defaults X=1 | tee -a $O/sum.txt
 run upload-off PI0_UPLOAD_STREAM=off | tee -a $O/sum.txt
-run second-half PI0_GREEN_PAIR=remainder-idle | tee -a $O/sum.txt
 run first-half PI0_GREEN_PAIR=groups-high,remainder-idle | tee -a $O/sum.txt
 run high PI0_GREEN_PAIR=groups-high | tee -a $O/sum.txt
 run defaults2 X=1 | tee -a $O/sum.txt
 run upload-off2 PI0_UPLOAD_STREAM=off | tee -a $O/sum.txt
 run high2 PI0_GREEN_PAIR=groups-high | tee -a $O/sum.txt
-run first-half2 PI0_GREEN_PAIR=groups-high,remainder-idle | tee -a $O/sum.txt
 t0=$SECONDS
 timeout 150 $B/pi0-bench-partition --engine pi0 --iterations 60 --equivalence 200 --reconfig 30 > $O/accept.log 2>&1
 grep -E "^acceptance|^streaming|^equivalence|^reconfig|^\| partitioned concurrent 50-50|^\| forward sequential \|" $O/accept.log | tail -8
 echo "acceptance $((SECONDS-t0)) s"
 echo; cat $O/sum.txt
+# Call 2 (same machine, still warm), as run:
+#   B=.carry; O=$OUT; timeout 150 $B/pi0-bench-partition --engine pi0 --iterations 60 \
+#     --equivalence 200 --reconfig 30 > $O/accept2.log 2>&1
+#   for v in on off on off; do [ $v = off ] && E=PI0_UPLOAD_STREAM=off || E=X=1
+#     env $E $B/pi0-bench-partition --engine pi0 --iterations 60 > $O/ab-$v.log 2>&1; done
