@@ -575,19 +575,28 @@ pub(crate) struct GreenSplit {
     pub remainder: sys::CUdevResource,
 }
 
+/// All SMs of `dev` as one green-context resource (the caller binds a context of `dev`).
+pub(crate) fn device_sm_resource(dev: sys::CUdevice) -> Result<sys::CUdevResource> {
+    // SAFETY: a plain query into a zeroed resource.
+    unsafe {
+        let mut all: sys::CUdevResource = std::mem::zeroed();
+        cu(
+            sys::cuDeviceGetDevResource(
+                dev,
+                &mut all,
+                sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
+            ),
+            "cuDeviceGetDevResource (green contexts need driver >= 550 / CUDA 12.4)",
+        )?;
+        Ok(all)
+    }
+}
+
 impl GreenSplit {
     pub fn new(dev: sys::CUdevice) -> Result<Self> {
+        let all = device_sm_resource(dev)?;
         // SAFETY: plain queries into zeroed resources; `groups` has room for every group.
         unsafe {
-            let mut all: sys::CUdevResource = std::mem::zeroed();
-            cu(
-                sys::cuDeviceGetDevResource(
-                    dev,
-                    &mut all,
-                    sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
-                ),
-                "cuDeviceGetDevResource (green contexts need driver >= 550 / CUDA 12.4)",
-            )?;
             let sm = all.__bindgen_anon_1.sm;
             let granularity = sm.minSmPartitionSize.max(1);
             let mut n = sm.smCount / granularity;

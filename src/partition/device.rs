@@ -45,18 +45,7 @@ pub fn green_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
 pub(crate) fn device_sm_resource(ctx: &Arc<CudaContext>) -> Result<sys::CUdevResource> {
     ctx.bind_to_thread()
         .map_err(|e| Error::Gpu(format!("bind context: {e}")))?;
-    unsafe {
-        let mut all: sys::CUdevResource = std::mem::zeroed();
-        cu(
-            sys::cuDeviceGetDevResource(
-                ctx.cu_device(),
-                &mut all,
-                sys::CUdevResourceType::CU_DEV_RESOURCE_TYPE_SM,
-            ),
-            "cuDeviceGetDevResource (green contexts need driver >= 550 / CUDA 12.4)",
-        )?;
-        Ok(all)
-    }
+    crate::gpu::device::device_sm_resource(ctx.cu_device())
 }
 
 /// The device's SMs cut once into `groups` equal groups plus a remainder; descriptors for any
