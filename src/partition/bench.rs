@@ -282,6 +282,23 @@ pub fn run_cases<E: StageEngine + 'static>(
     for c in cases {
         p.reconfigure(c.backend, c.split, c.concurrent, true)?;
         let r = measure(p, &c.name, work, iterations)?;
+        if c.concurrent && std::env::var("PI0_BENCH_RECAPTURE").is_ok_and(|v| v == "1") {
+            // Study knob (partition-notes v18-v19: a split's frame has a fast and a slow state
+            // that belongs to its graph instances): the same split with its graphs captured
+            // again, measured once more; the table keeps the first measurement.
+            p.recapture_graphs()?;
+            let again = measure(p, &c.name, work, iterations)?;
+            println!(
+                "recapture | {} | frame {:.3} -> {:.3} ms | enc solo {:.3} -> {:.3} | dec loaded {:.3} -> {:.3}",
+                c.name,
+                r.frame_period_ms,
+                again.frame_period_ms,
+                r.encoder_solo.p50,
+                again.encoder_solo.p50,
+                r.decoder_loaded.map_or(f64::NAN, |d| d.p50),
+                again.decoder_loaded.map_or(f64::NAN, |d| d.p50),
+            );
+        }
         log::info!(
             "{}: p50 {:.3} ms, period {:.3} ms",
             r.name,

@@ -758,6 +758,9 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
                 Some(up) => {
                     // The slot's images were last read by the encoder that wrote it; uploads
                     // run in order on this one stream, so a wait here also covers later ones.
+                    // The host already guarantees it (a slot is claimed only once `refresh`
+                    // saw that event complete: `slot_to_write` skips Writing slots, tested in
+                    // swap.rs), so this wait costs nothing and keeps the rule on the GPU too.
                     if let Some(ev) = &last_written {
                         up.wait(ev).map_err(gpu("upload fence"))?;
                     }
