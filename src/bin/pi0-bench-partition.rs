@@ -65,6 +65,11 @@ struct Args {
     /// for each), instead of the other measurements.
     #[arg(long)]
     lt_sweep: Option<String>,
+    /// Study (pi0 engine): the green 50-50 frame, one split for the whole sweep, with the
+    /// encoder enqueued each listed number of µs after the decoder (`PI0_ENC_DELAY_US`), in
+    /// the listed order and then back, instead of the other measurements.
+    #[arg(long)]
+    delay_sweep: Option<String>,
     /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
     #[arg(long, default_value_t = 6)]
     lt_candidates: usize,
@@ -197,6 +202,9 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                     ..Default::default()
                 },
             )?;
+            if let Some(delays) = &args.delay_sweep {
+                return delay_sweep(&p, &work, delays, args.iterations);
+            }
             if let Some(shapes) = &args.lt_sweep {
                 return lt_sweep(&p, &work, shapes, args.lt_candidates, args.iterations);
             }
@@ -210,6 +218,54 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             reason: format!("`{other}`: use synthetic or pi0"),
         }),
     }
+}
+
+/// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50
+/// split (so one state of its graphs), the encoder started later by each delay in turn; a
+/// frame that moves by more than the delay, or not monotonically, says it does.
+fn delay_sweep(
+    p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
+    work: &Workload,
+    delays: &str,
+    iterations: usize,
+) -> pi0_mps::Result<()> {
+    let delays: Vec<u64> = delays
+        .split(',')
+        .map(|d| {
+            d.trim().parse().map_err(|_| pi0_mps::Error::Parameter {
+                name: "delay-sweep".into(),
+                reason: format!("`{d}` is not a whole number of µs"),
+            })
+        })
+        .collect::<pi0_mps::Result<_>>()?;
+    let half = SplitRequest {
+        encoder_pct: 50,
+        decoder_pct: 50,
+    };
+    p.reconfigure(Backend::Green, half, true, true)?;
+    println!("\n| encoder delay µs | frame ms | frame p50 ms |");
+    println!("|---|---|---|");
+    let order = delays.iter().chain(delays.iter().rev());
+    for &us in order {
+        // The pipeline reads it each frame; no other thread reads the environment here.
+        std::env::set_var("PI0_ENC_DELAY_US", us.to_string());
+        for i in 0..5 {
+            p.forward(work.input(i), work.noise(i))?;
+        }
+        let mut lat = Vec::with_capacity(iterations);
+        let t = std::time::Instant::now();
+        for i in 0..iterations {
+            let t0 = std::time::Instant::now();
+            p.forward(work.input(i), work.noise(i))?;
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let frame = t.elapsed().as_secs_f64() * 1e3 / iterations.max(1) as f64;
+        lat.sort_by(f64::total_cmp);
+        let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
+        println!("| {us} | {frame:.3} | {p50:.3} |");
+    }
+    std::env::remove_var("PI0_ENC_DELAY_US");
+    Ok(())
 }
 
 /// --lt-sweep: the green 50-50 frame, the encoder alone on its half and the decoder while the

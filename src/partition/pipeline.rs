@@ -921,6 +921,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             self.pin(slot);
             let (mut chunk, enc) =
                 self.run_decoder_with(slot, pobs, &input.state, noise, || {
+                    encoder_delay();
                     self.run_encoder(obs, input)
                 })?;
             enc?;
@@ -1135,6 +1136,20 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
 
 /// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
 /// (the order before the decoder-first change; comparison knob, read once).
+/// Study knob `PI0_ENC_DELAY_US` (read each frame, so a benchmark can sweep it in one
+/// process): the concurrent `forward` enqueues the encoder that many µs after the decoder, to
+/// tell whether the pair's frame depends on how the two stages' kernels line up.
+fn encoder_delay() {
+    let us: u64 = std::env::var("PI0_ENC_DELAY_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let until = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 fn encoder_first() -> bool {
     static FIRST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FIRST.get_or_init(|| std::env::var("PI0_FWD_ENCODER_FIRST").is_ok_and(|v| v == "1"))
