@@ -66,8 +66,9 @@ struct Args {
     #[arg(long)]
     lt_sweep: Option<String>,
     /// Study (pi0 engine): the green 50-50 frame, one split for the whole sweep, with the
-    /// encoder enqueued each listed number of µs after the decoder (`PI0_ENC_DELAY_US`), in
-    /// the listed order and then back, instead of the other measurements.
+    /// second stage enqueued each listed number of µs after the first (`PI0_STAGE_DELAY_US`;
+    /// the encoder after the decoder, or the reverse with `PI0_FWD_ENCODER_FIRST=1`), in the
+    /// listed order and then back, instead of the other measurements.
     #[arg(long)]
     delay_sweep: Option<String>,
     /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
@@ -221,7 +222,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
 }
 
 /// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50
-/// split (so one state of its graphs), the encoder started later by each delay in turn; a
+/// split (so one state of its graphs), the second stage started later by each delay in turn; a
 /// frame that moves by more than the delay, or not monotonically, says it does.
 fn delay_sweep(
     p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
@@ -243,12 +244,12 @@ fn delay_sweep(
         decoder_pct: 50,
     };
     p.reconfigure(Backend::Green, half, true, true)?;
-    println!("\n| encoder delay µs | frame ms | frame p50 ms |");
+    println!("\n| second stage delay µs | frame ms | frame p50 ms |");
     println!("|---|---|---|");
     let order = delays.iter().chain(delays.iter().rev());
     for &us in order {
         // The pipeline reads it each frame; no other thread reads the environment here.
-        std::env::set_var("PI0_ENC_DELAY_US", us.to_string());
+        std::env::set_var("PI0_STAGE_DELAY_US", us.to_string());
         for i in 0..5 {
             p.forward(work.input(i), work.noise(i))?;
         }
@@ -264,7 +265,7 @@ fn delay_sweep(
         let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
         println!("| {us} | {frame:.3} | {p50:.3} |");
     }
-    std::env::remove_var("PI0_ENC_DELAY_US");
+    std::env::remove_var("PI0_STAGE_DELAY_US");
     Ok(())
 }
 

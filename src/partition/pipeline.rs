@@ -921,7 +921,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             self.pin(slot);
             let (mut chunk, enc) =
                 self.run_decoder_with(slot, pobs, &input.state, noise, || {
-                    encoder_delay();
+                    second_stage_delay();
                     self.run_encoder(obs, input)
                 })?;
             enc?;
@@ -930,6 +930,9 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             return Ok(chunk);
         }
         let (slot_e, _ev) = self.run_encoder(obs, input)?;
+        if concurrent {
+            second_stage_delay();
+        }
         let (slot, pobs) = if concurrent {
             let prev = lock(&self.inner.slots).table.newest_before(obs);
             prev.unwrap_or((slot_e, obs))
@@ -1136,11 +1139,12 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
 
 /// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
 /// (the order before the decoder-first change; comparison knob, read once).
-/// Study knob `PI0_ENC_DELAY_US` (read each frame, so a benchmark can sweep it in one
-/// process): the concurrent `forward` enqueues the encoder that many µs after the decoder, to
-/// tell whether the pair's frame depends on how the two stages' kernels line up.
-fn encoder_delay() {
-    let us: u64 = std::env::var("PI0_ENC_DELAY_US")
+/// Study knob `PI0_STAGE_DELAY_US` (read each frame, so a benchmark can sweep it in one
+/// process): the concurrent `forward` enqueues its second stage (the encoder; the decoder with
+/// `PI0_FWD_ENCODER_FIRST=1`) that many µs after the first, to tell whether the pair's frame
+/// depends on how the two stages' kernels line up.
+fn second_stage_delay() {
+    let us: u64 = std::env::var("PI0_STAGE_DELAY_US")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
