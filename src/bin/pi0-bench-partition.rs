@@ -239,6 +239,8 @@ fn delay_sweep(
             })
         })
         .collect::<pi0_mps::Result<_>>()?;
+    // Set before the first frame: the pipeline reads the knob only if it was there then.
+    std::env::set_var("PI0_STAGE_DELAY_US", "0");
     let half = SplitRequest {
         encoder_pct: 50,
         decoder_pct: 50,
@@ -265,7 +267,7 @@ fn delay_sweep(
         let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
         println!("| {us} | {frame:.3} | {p50:.3} |");
     }
-    std::env::remove_var("PI0_STAGE_DELAY_US");
+    std::env::set_var("PI0_STAGE_DELAY_US", "0");
     Ok(())
 }
 

@@ -1137,13 +1137,15 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
     }
 }
 
-/// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
-/// (the order before the decoder-first change; comparison knob, read once).
-/// Study knob `PI0_STAGE_DELAY_US` (read each frame, so a benchmark can sweep it in one
-/// process): the concurrent `forward` enqueues its second stage (the encoder; the decoder with
-/// `PI0_FWD_ENCODER_FIRST=1`) that many µs after the first, to tell whether the pair's frame
-/// depends on how the two stages' kernels line up.
+/// Study knob `PI0_STAGE_DELAY_US`: the concurrent `forward` enqueues its second stage (the
+/// encoder; the decoder with `PI0_FWD_ENCODER_FIRST=1`) that many µs after the first, to tell
+/// whether the pair's frame depends on how the two stages' kernels line up. Read each frame
+/// (a benchmark sweeps it in one process) only when it was set at the first frame.
 fn second_stage_delay() {
+    static STUDY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*STUDY.get_or_init(|| std::env::var_os("PI0_STAGE_DELAY_US").is_some()) {
+        return;
+    }
     let us: u64 = std::env::var("PI0_STAGE_DELAY_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1154,6 +1156,8 @@ fn second_stage_delay() {
     }
 }
 
+/// `PI0_FWD_ENCODER_FIRST=1`: concurrent `forward` enqueues the encoder before the decoder
+/// (the order before the decoder-first change; comparison knob, read once).
 fn encoder_first() -> bool {
     static FIRST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FIRST.get_or_init(|| std::env::var("PI0_FWD_ENCODER_FIRST").is_ok_and(|v| v == "1"))
