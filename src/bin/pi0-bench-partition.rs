@@ -252,19 +252,8 @@ fn delay_sweep(
     for &us in order {
         // The pipeline reads it each frame; no other thread reads the environment here.
         std::env::set_var("PI0_STAGE_DELAY_US", us.to_string());
-        for i in 0..5 {
-            p.forward(work.input(i), work.noise(i))?;
-        }
-        let mut lat = Vec::with_capacity(iterations);
-        let t = std::time::Instant::now();
-        for i in 0..iterations {
-            let t0 = std::time::Instant::now();
-            p.forward(work.input(i), work.noise(i))?;
-            lat.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        let frame = t.elapsed().as_secs_f64() * 1e3 / iterations.max(1) as f64;
-        lat.sort_by(f64::total_cmp);
-        let p50 = lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN);
+        let frames = bench::time_frames(p, work, iterations)?;
+        let (frame, p50) = (frames.period_ms, bench::Summary::of(&frames.latency_ms).p50);
         println!("| {us} | {frame:.3} | {p50:.3} |");
     }
     std::env::set_var("PI0_STAGE_DELAY_US", "0");

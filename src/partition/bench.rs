@@ -90,27 +90,12 @@ pub fn measure<E: StageEngine + 'static>(
     iterations: usize,
 ) -> Result<ConfigResult> {
     let info = p.partition();
-    let warm = 10.min(iterations);
-    for i in 0..warm {
-        p.forward(work.input(i), work.noise(i))?;
-    }
-    p.synchronize()?;
-    let mut lat = Vec::with_capacity(iterations);
-    let mut o2a = Vec::new();
-    let t_all = Instant::now();
-    for i in 0..iterations {
-        let t0 = Instant::now();
-        p.forward(work.input(i), work.noise(i))?;
-        lat.push(t0.elapsed().as_secs_f64() * 1e3);
-        if info.concurrent {
-            // The chunk of call i used the prefix of call i-1: latency spans both calls.
-            if let Some(prev) = lat.len().checked_sub(2) {
-                o2a.push(lat[prev] + lat[prev + 1]);
-            }
-        }
-    }
-    let total = t_all.elapsed().as_secs_f64() * 1e3;
-    p.synchronize()?;
+    let frames = time_frames(p, work, iterations)?;
+    // The chunk of call i used the prefix of call i-1: latency spans both calls.
+    let o2a: Vec<f64> = match info.concurrent {
+        true => frames.latency_ms.windows(2).map(|w| w[0] + w[1]).collect(),
+        false => Vec::new(),
+    };
     let encoder_solo = {
         let mut v = Vec::new();
         for i in 0..10 {
@@ -141,13 +126,45 @@ pub fn measure<E: StageEngine + 'static>(
         encoder_sms: info.encoder_sms,
         decoder_sms: info.decoder_sms,
         concurrent: info.concurrent,
-        latency: Summary::of(&lat),
-        frame_period_ms: total / iterations.max(1) as f64,
+        latency: Summary::of(&frames.latency_ms),
+        frame_period_ms: frames.period_ms,
         obs_to_action: info.concurrent.then(|| Summary::of(&o2a)),
         encoder_solo,
         decoder_solo,
         decoder_loaded,
         streaming_encoder_period_ms,
+    })
+}
+
+/// `forward` calls back to back on the current configuration: each call's latency and the
+/// mean period between them.
+pub struct FrameTimes {
+    pub latency_ms: Vec<f64>,
+    pub period_ms: f64,
+}
+
+/// Times `iterations` `forward` calls after up to 10 warm-up calls, then waits for the GPU.
+pub fn time_frames<E: StageEngine + 'static>(
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    iterations: usize,
+) -> Result<FrameTimes> {
+    for i in 0..10.min(iterations) {
+        p.forward(work.input(i), work.noise(i))?;
+    }
+    p.synchronize()?;
+    let mut latency_ms = Vec::with_capacity(iterations);
+    let t_all = Instant::now();
+    for i in 0..iterations {
+        let t0 = Instant::now();
+        p.forward(work.input(i), work.noise(i))?;
+        latency_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let period_ms = t_all.elapsed().as_secs_f64() * 1e3 / iterations.max(1) as f64;
+    p.synchronize()?;
+    Ok(FrameTimes {
+        latency_ms,
+        period_ms,
     })
 }
 
