@@ -90,7 +90,7 @@ fn explore<E: StageEngine + 'static>(
 ) -> pi0_mps::Result<()> {
     // The six configurations, plus complementary and overlapping splits.
     let sweep = [(80, 20), (60, 40), (40, 60), (20, 80), (30, 100), (50, 100)];
-    let results = bench::run_cases(p, &bench::six_way(backend, &sweep), work, iterations)?;
+    let results = bench::run_cases(p, &bench::six_way(backend, &sweep), work, iterations, 1)?;
     println!("{}", bench::report(&results));
     // Switch live to the recommended split while streaming, and report the switch.
     if let Some(best) = bench::recommend(&results) {

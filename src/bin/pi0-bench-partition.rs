@@ -74,6 +74,11 @@ struct Args {
     /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
     #[arg(long, default_value_t = 6)]
     lt_candidates: usize,
+    /// Capture each configuration's graphs (and the native forward's) this many times and
+    /// keep the fastest set before measuring it: graph instances of one configuration keep
+    /// run states a few % apart (docs/partition-notes.md). 1: the first capture, as before.
+    #[arg(long, default_value_t = 1)]
+    graph_candidates: usize,
     /// Study (pi0 engine): each stage on its half of the green 50-50 split, alone and beside
     /// aggressors that load one shared resource each (power, launches, L2, HBM), then beside
     /// the other stage; this many runs per row, instead of the other measurements.
@@ -163,6 +168,24 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             // The engine's own forward (graphs, one stream, whole GPU): "forward sequential".
             for i in 0..5 {
                 eng.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
+            }
+            if args.graph_candidates > 1 {
+                let times = eng.keep_fastest_forward_graphs(args.graph_candidates, |e| {
+                    let mut lat = Vec::new();
+                    for i in 0..25 {
+                        let t0 = std::time::Instant::now();
+                        e.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
+                        // The first calls warm up (the first after a capture runs eagerly).
+                        if i >= 5 {
+                            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    Ok(bench::Summary::of(&lat).p50)
+                })?;
+                println!(
+                    "graph candidates | native forward | {} ms",
+                    bench::list_ms(&times)
+                );
             }
             let mut lat = Vec::new();
             for i in 0..args.iterations {
@@ -547,7 +570,7 @@ fn run_all<E: StageEngine + 'static>(
             Backend::Green
         };
         let cases = bench::six_way(pb, &sweep);
-        let mut res = bench::run_cases(p, &cases, work, args.iterations)?;
+        let mut res = bench::run_cases(p, &cases, work, args.iterations, args.graph_candidates)?;
         if let Some(n) = native.clone() {
             res.insert(0, n);
             // The pipeline's own whole-GPU sequential run stays as a second row.

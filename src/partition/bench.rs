@@ -288,16 +288,53 @@ pub fn six_way(partition_backend: Backend, sweep: &[(u32, u32)]) -> Vec<BenchCas
     v
 }
 
+/// Frames timed per graph candidate by `keep_fastest_graphs`.
+const CANDIDATE_FRAMES: usize = 20;
+
+/// Captures the current configuration's graphs `candidates` times in all and keeps the
+/// fastest set (`PartitionedPi0::keep_fastest_graphs`), rating each by what the configuration
+/// is judged on: the frame period when concurrent, the p50 latency when sequential. Returns
+/// each candidate's time.
+pub fn keep_fastest_graphs<E: StageEngine + 'static>(
+    p: &PartitionedPi0<E>,
+    work: &Workload,
+    candidates: usize,
+) -> Result<Vec<f64>> {
+    let concurrent = p.partition().concurrent;
+    p.keep_fastest_graphs(candidates, || {
+        let f = time_frames(p, work, CANDIDATE_FRAMES)?;
+        Ok(match concurrent {
+            true => f.period_ms,
+            false => Summary::of(&f.latency_ms).p50,
+        })
+    })
+}
+
+/// `a / b / c` with three decimals.
+pub fn list_ms(v: &[f64]) -> String {
+    v.iter()
+        .map(|t| format!("{t:.3}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// Runs every case (the pipeline is reconfigured between them) and returns the results.
+/// With `graph_candidates` > 1 each case first keeps the fastest of that many captures of its
+/// graphs (`keep_fastest_graphs`); its numbers are then measured afresh.
 pub fn run_cases<E: StageEngine + 'static>(
     p: &PartitionedPi0<E>,
     cases: &[BenchCase],
     work: &Workload,
     iterations: usize,
+    graph_candidates: usize,
 ) -> Result<Vec<ConfigResult>> {
     let mut out = Vec::new();
     for c in cases {
         p.reconfigure(c.backend, c.split, c.concurrent, true)?;
+        if graph_candidates > 1 {
+            let times = keep_fastest_graphs(p, work, graph_candidates)?;
+            println!("graph candidates | {} | {} ms", c.name, list_ms(&times));
+        }
         let r = measure(p, &c.name, work, iterations)?;
         if c.concurrent && std::env::var("PI0_BENCH_RECAPTURE").is_ok_and(|v| v == "1") {
             // Study knob (partition-notes v18-v19: a split's frame has a fast and a slow state
