@@ -79,6 +79,11 @@ struct Args {
     /// run states a few % apart (docs/partition-notes.md). 1: the first capture, as before.
     #[arg(long, default_value_t = 1)]
     graph_candidates: usize,
+    /// Study (pi0 engine): this many lockstep frames of the green 50-50 split, each frame's
+    /// time printed in order (is the frame period's tail periodic, a drift, or noise?), instead
+    /// of the other measurements.
+    #[arg(long, default_value_t = 0)]
+    frame_trace: usize,
     /// Study (pi0 engine): each stage on its half of the green 50-50 split, alone and beside
     /// aggressors that load one shared resource each (power, launches, L2, HBM), then beside
     /// the other stage; this many runs per row, instead of the other measurements.
@@ -226,6 +231,9 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
                     ..Default::default()
                 },
             )?;
+            if args.frame_trace > 0 {
+                return frame_trace(&p, &work, args.frame_trace);
+            }
             if let Some(delays) = &args.delay_sweep {
                 return delay_sweep(&p, &work, delays, args.iterations);
             }
@@ -247,6 +255,43 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
 /// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50
 /// split (so one state of its graphs), the second stage started later by each delay in turn; a
 /// frame that moves by more than the delay, or not monotonically, says it does.
+/// --frame-trace: each frame of the green 50-50 lockstep `forward`, in order, then the mean
+/// of the even and odd frames (the pipeline alternates two prefix slots, each with its own
+/// graphs) and of each half of the run.
+fn frame_trace(
+    p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
+    work: &Workload,
+    frames: usize,
+) -> pi0_mps::Result<()> {
+    p.reconfigure(Backend::Green, SplitRequest::new(50, 50)?, true, true)?;
+    for pass in 0..2 {
+        let t = bench::time_frames(p, work, frames)?;
+        let v = &t.latency_ms;
+        println!("\nframe trace, pass {pass} ({frames} frames, ms):");
+        for (i, row) in v.chunks(10).enumerate() {
+            println!("{:4}: {}", i * 10, bench::list_ms(row));
+        }
+        let mean = |it: Vec<f64>| it.iter().sum::<f64>() / it.len().max(1) as f64;
+        let pick = |m: usize| v.iter().skip(m).step_by(2).copied().collect();
+        let (first, second) = v.split_at(v.len() / 2);
+        println!(
+            "period {:.3}, p50 {:.3}, even {:.3}, odd {:.3}, first half {:.3}, second half {:.3}",
+            t.period_ms,
+            bench::Summary::of(v).p50,
+            mean(pick(0)),
+            mean(pick(1)),
+            mean(first.to_vec()),
+            mean(second.to_vec())
+        );
+    }
+    let (dec, enc_period) = bench::streaming_under_load(p, work, frames)?;
+    println!(
+        "streaming, same split: decoder p50 {:.3} mean {:.3} ms, one observation every {enc_period:.3} ms",
+        dec.p50, dec.mean
+    );
+    Ok(())
+}
+
 fn delay_sweep(
     p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
     work: &Workload,

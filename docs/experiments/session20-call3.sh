@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Session 20 call 3: the lockstep 50-50 frame per frame (default, then on a pinned real-time
+# host thread), and the acceptance run.
+set -uo pipefail
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
+B=.carry; O=${OUT:-/tmp/l}; mkdir -p $O
+nvidia-smi --query-gpu=name,pci.bus_id --format=csv,noheader
+t0=$SECONDS
+timeout 100 $B/pi0-bench-partition --engine pi0 --frame-trace 160 > $O/tr1.log 2>&1
+echo "== trace $((SECONDS-t0)) s"; grep -E "^period|^streaming|native forward" $O/tr1.log
+t0=$SECONDS
+timeout 100 taskset -c 4-7 chrt -f 20 $B/pi0-bench-partition --engine pi0 --frame-trace 160 > $O/tr2.log 2>&1
+echo "== trace, taskset 4-7 + SCHED_FIFO $((SECONDS-t0)) s"; grep -E "^period|^streaming|native forward|rror" $O/tr2.log
+t0=$SECONDS
+timeout 200 $B/pi0-bench-partition --engine pi0 --iterations 60 --equivalence 200 --reconfig 30 > $O/acc.log 2>&1
+echo "== acceptance $((SECONDS-t0)) s"; grep -E "^acceptance|^streaming|equivalen|reconfig|switch" $O/acc.log | head -12
+grep -E "^\| (forward|partitioned)" $O/acc.log | awk -F'|' '{print $2"|"$7"|"$8"|"$11"|"$12"|"$13"|"$14}'
+sed -n '/pass 0/,/^period/p' $O/tr1.log
