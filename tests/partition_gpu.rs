@@ -278,3 +278,40 @@ fn recaptured_graphs_run_and_give_the_same_actions() {
     // Fixed-order reductions in the synthetic stages: the same inputs give the same bits.
     assert_eq!(before.actions, after.actions);
 }
+
+#[test]
+fn keeping_the_fastest_graphs_leaves_a_complete_working_set() {
+    let Some(ctx) = gpu() else { return };
+    let p = synthetic_pipeline(&ctx);
+    let w = workload(p.engine());
+    let run = || {
+        p.forward_mps(&w.inputs[0], &w.noise[0], 50, 50, false)
+            .unwrap()
+    };
+    let before = run();
+    // Rated 2, 1, 3 in capture order: the second set replaces the first, the third is
+    // dropped and the second put back.
+    let rating = [2.0, 1.0, 3.0];
+    let mut calls = 0;
+    let times = p
+        .keep_fastest_graphs(3, || {
+            let c = run();
+            assert_eq!(
+                c.actions, before.actions,
+                "candidate {calls} computes the same"
+            );
+            calls += 1;
+            Ok(rating[calls - 1])
+        })
+        .unwrap();
+    assert_eq!(times, rating);
+    let captures = p.capture_times().len();
+    let after = run();
+    assert_eq!(after.actions, before.actions);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        p.capture_times().len(),
+        captures,
+        "the kept set holds a graph for every shape run: nothing captured again"
+    );
+}
