@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 20 call 3: the lockstep 50-50 frame per frame (default, then on a pinned real-time
-# host thread), and the acceptance run.
+# host thread), partition_gpu (its new keep-the-fastest-graphs test has not run on a GPU yet)
+# and the acceptance run. Prepared in the twentieth session, not run: no device time was left.
 set -uo pipefail
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
 B=.carry; O=${OUT:-/tmp/l}; mkdir -p $O
@@ -11,6 +12,8 @@ echo "== trace $((SECONDS-t0)) s"; grep -E "^period|^streaming|native forward" $
 t0=$SECONDS
 timeout 100 taskset -c 4-7 chrt -f 20 $B/pi0-bench-partition --engine pi0 --frame-trace 160 > $O/tr2.log 2>&1
 echo "== trace, taskset 4-7 + SCHED_FIFO $((SECONDS-t0)) s"; grep -E "^period|^streaming|native forward|rror" $O/tr2.log
+t0=$SECONDS
+timeout 120 $B/partition_gpu --test-threads=1 > $O/pg.log 2>&1; echo "== partition_gpu rc=$? $((SECONDS-t0)) s"; grep -E "^test result|FAIL|panicked" $O/pg.log
 t0=$SECONDS
 timeout 200 $B/pi0-bench-partition --engine pi0 --iterations 60 --equivalence 200 --reconfig 30 > $O/acc.log 2>&1
 echo "== acceptance $((SECONDS-t0)) s"; grep -E "^acceptance|^streaming|equivalen|reconfig|switch" $O/acc.log | head -12
