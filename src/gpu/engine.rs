@@ -1703,12 +1703,14 @@ impl Pi0Cuda {
     }
 
     /// Captures `forward`'s graphs for the current shape `candidates` times in all and keeps
-    /// the set that `time` (one measurement of `forward`, lower is better; its first call
-    /// after a capture is dropped runs eagerly and captures) rates fastest. Returns each
-    /// candidate's time. Why: a graph instance keeps a run state set when it is instantiated
-    /// (up to a few % apart, docs/partition-notes.md); earlier candidates stay alive while
-    /// later ones are made, so no instance reuses a freed one's memory. Same kernels, same
-    /// results. Call after one `forward` of the shape to tune.
+    /// the set that `time` (one measurement of `forward`, lower is better) rates fastest;
+    /// before each new candidate the current graphs are set aside, so `time`'s first
+    /// `forward` runs eagerly and captures new ones. Returns each candidate's time in capture
+    /// order; a tie keeps the earlier set. Why: the pipeline's graph instances keep run states
+    /// set when they are instantiated (docs/partition-notes.md v18-v25; `forward`'s own showed
+    /// none in v25), and the benchmark tunes both sides alike. Earlier candidates stay alive
+    /// while later ones are made, so no instance reuses a freed one's memory. Same kernels,
+    /// same results. Call after one `forward` of the shape to tune.
     pub fn keep_fastest_forward_graphs(
         &mut self,
         candidates: usize,

@@ -399,11 +399,12 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
 
     /// Captures the current split's graphs again `candidates - 1` times and keeps the set that
     /// `time` (one measurement of the current configuration, lower is better) rates fastest.
-    /// Returns every candidate's time, the kept one first among equals. Why: the same split's
-    /// graphs land in run states up to ~5 % of frame apart, set when they are instantiated
-    /// (partition-notes v18-v24); the kept set is never recaptured by itself, so its state lasts
-    /// while the split is cached. Earlier candidates stay alive while later ones are made, so
-    /// a new instance cannot reuse a freed one's memory. Results do not change (same kernels).
+    /// Returns every candidate's time in capture order; a tie keeps the earlier set. Why: a
+    /// re-made split's graphs land in run states up to ~5 % of frame apart, set when they are
+    /// instantiated (partition-notes v18-v25; recaptures of one split differed by ≤ 0.6 %);
+    /// the kept set is never recaptured by itself, so its state lasts while the split is
+    /// cached. Earlier candidates stay alive while later ones are made, so a new instance
+    /// cannot reuse a freed one's memory. Results do not change (same kernels).
     pub fn keep_fastest_graphs(
         &self,
         candidates: usize,
