@@ -271,17 +271,18 @@ fn frame_trace(
         for (i, row) in v.chunks(10).enumerate() {
             println!("{:4}: {}", i * 10, bench::list_ms(row));
         }
-        let mean = |it: Vec<f64>| it.iter().sum::<f64>() / it.len().max(1) as f64;
-        let pick = |m: usize| v.iter().skip(m).step_by(2).copied().collect();
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+        // Frames alternate the two prefix slots (each with its own graphs).
+        let parity = |m: usize| -> Vec<f64> { v.iter().skip(m).step_by(2).copied().collect() };
         let (first, second) = v.split_at(v.len() / 2);
         println!(
             "period {:.3}, p50 {:.3}, even {:.3}, odd {:.3}, first half {:.3}, second half {:.3}",
             t.period_ms,
             bench::Summary::of(v).p50,
-            mean(pick(0)),
-            mean(pick(1)),
-            mean(first.to_vec()),
-            mean(second.to_vec())
+            mean(&parity(0)),
+            mean(&parity(1)),
+            mean(first),
+            mean(second)
         );
     }
     let (dec, enc_period) = bench::streaming_under_load(p, work, frames)?;
