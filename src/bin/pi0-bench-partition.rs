@@ -176,28 +176,18 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
             }
             if args.graph_candidates > 1 {
                 let times = eng.keep_fastest_forward_graphs(args.graph_candidates, |e| {
-                    let mut lat = Vec::new();
-                    for i in 0..25 {
-                        let t0 = std::time::Instant::now();
+                    // The first call after a capture runs eagerly: warm up first.
+                    for i in 0..5 {
                         e.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
-                        // The first calls warm up (the first after a capture runs eagerly).
-                        if i >= 5 {
-                            lat.push(t0.elapsed().as_secs_f64() * 1e3);
-                        }
                     }
-                    Ok(bench::Summary::of(&lat).p50)
+                    Ok(bench::Summary::of(&native_latencies(e, &work, 20)?).p50)
                 })?;
                 println!(
                     "graph candidates | native forward | {} ms",
                     bench::list_ms(&times)
                 );
             }
-            let mut lat = Vec::new();
-            for i in 0..args.iterations {
-                let t0 = std::time::Instant::now();
-                eng.forward(&work.inputs[i % 8], &work.noise[i % 8])?;
-                lat.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
+            let lat = native_latencies(&mut eng, &work, args.iterations)?;
             let (mut e, mut d) = (Vec::new(), Vec::new());
             for i in 0..20 {
                 let (_, st) = eng.forward_timed(&work.inputs[i % 8], &work.noise[i % 8])?;
@@ -252,9 +242,21 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
     }
 }
 
-/// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50
-/// split (so one state of its graphs), the second stage started later by each delay in turn; a
-/// frame that moves by more than the delay, or not monotonically, says it does.
+/// Wall time of each of `n` calls of the engine's own `forward`, ms.
+fn native_latencies(
+    eng: &mut pi0_mps::gpu::Pi0Cuda,
+    work: &Workload,
+    n: usize,
+) -> pi0_mps::Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let t0 = std::time::Instant::now();
+        eng.forward(work.input(i), work.noise(i))?;
+        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(lat)
+}
+
 /// --frame-trace: each frame of the green 50-50 lockstep `forward`, in order, then the mean
 /// of the even and odd frames (the pipeline alternates two prefix slots, each with its own
 /// graphs) and of each half of the run.
@@ -293,6 +295,9 @@ fn frame_trace(
     Ok(())
 }
 
+/// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50
+/// split (so one state of its graphs), the second stage started later by each delay in turn; a
+/// frame that moves by more than the delay, or not monotonically, says it does.
 fn delay_sweep(
     p: &PartitionedPi0<pi0_mps::partition::pi0::Pi0Stages>,
     work: &Workload,

@@ -384,15 +384,18 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
     pub fn recapture_graphs(&self) -> Result<()> {
         self.synchronize()?;
         let a = lock(&self.inner.swap).current().clone();
-        let p = &a.prepared;
-        for stage in [Stage::Encoder, Stage::Decoder] {
-            // Dropped outside the lock (destroying a graph exec may wait on the driver).
-            let old: Vec<_> = lock(p.graphs(stage)).iter_mut().map(Option::take).collect();
-            drop(old);
-        }
-        lock(&p.requested).clear();
+        // Dropped before the capture (and outside the graph locks: destroying a graph exec
+        // may wait on the driver).
+        drop(take_graphs(&a.prepared));
+        self.capture_again(&a)
+    }
+
+    /// Captures the graphs of `a`'s split anew (any slot whose graph was taken out), on the
+    /// calling thread, then binds the pipeline's context back to it.
+    fn capture_again(&self, a: &Active) -> Result<()> {
+        lock(&a.prepared.requested).clear();
         if a.use_graphs {
-            self.capture_all(p)?;
+            self.capture_all(&a.prepared)?;
         }
         self.inner.ctx.bind_to_thread().map_err(gpu("bind context"))
     }
@@ -416,18 +419,11 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         if !a.use_graphs {
             return Ok(times);
         }
-        let take =
-            |stage| -> Vec<_> { lock(p.graphs(stage)).iter_mut().map(Option::take).collect() };
         let mut best = times[0];
         for _ in 1..candidates {
             self.synchronize()?;
-            let held = [take(Stage::Encoder), take(Stage::Decoder)];
-            lock(&p.requested).clear();
-            self.capture_all(p)?;
-            self.inner
-                .ctx
-                .bind_to_thread()
-                .map_err(gpu("bind context"))?;
+            let held = take_graphs(p);
+            self.capture_again(&a)?;
             let t = time()?;
             times.push(t);
             self.synchronize()?;
@@ -1187,6 +1183,13 @@ pub fn device_layout(ctx: &Arc<CudaContext>) -> Result<SmLayout> {
         Ok(g) => Ok(g.layout),
         Err(_) => green_layout(ctx),
     }
+}
+
+/// Takes every graph of both stages out of `p` (encoder's, then decoder's, by slot), so the
+/// caller decides when they are destroyed.
+fn take_graphs(p: &PreparedSplit) -> [Vec<Option<(u64, StageGraph)>>; 2] {
+    let take = |stage| lock(p.graphs(stage)).iter_mut().map(Option::take).collect();
+    [take(Stage::Encoder), take(Stage::Decoder)]
 }
 
 /// Study knob `PI0_STAGE_DELAY_US`: the concurrent `forward` enqueues its second stage (the
