@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::Parser;
 use pi0_mps::engine::ModelInput;
 use pi0_mps::partition::bench::{self, Workload};
+use pi0_mps::partition::spans::{stage_times, StageSpan};
+use pi0_mps::partition::swap::Stage;
 use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
 use pi0_mps::partition::{
     cuda_available, Backend, PartitionedPi0, PipelineOptions, SplitRequest, StageEngine,
@@ -267,8 +269,12 @@ fn frame_trace(
 ) -> pi0_mps::Result<()> {
     p.reconfigure(Backend::Green, SplitRequest::new(50, 50)?, true, true)?;
     for pass in 0..2 {
+        // The second pass also takes the stages' GPU timestamps (two events per launch).
+        p.record_stage_spans(pass == 1);
         let t = bench::time_frames(p, work, frames)?;
         let v = &t.latency_ms;
+        let spans = p.take_stage_spans()?;
+        p.record_stage_spans(false);
         println!("\nframe trace, pass {pass} ({frames} frames, ms):");
         for (i, row) in v.chunks(10).enumerate() {
             println!("{:4}: {}", i * 10, bench::list_ms(row));
@@ -286,6 +292,9 @@ fn frame_trace(
             mean(first),
             mean(second)
         );
+        if !spans.is_empty() {
+            print_stage_spans(&spans);
+        }
     }
     let (dec, enc_period) = bench::streaming_under_load(p, work, frames)?;
     println!(
@@ -293,6 +302,47 @@ fn frame_trace(
         dec.p50, dec.mean
     );
     Ok(())
+}
+
+/// The frame-trace pass's GPU timestamps: each stage's GPU time and the gap from its own
+/// previous end (what the host left idle), per frame and on average, and how far the encoder
+/// started after the decoder.
+fn print_stage_spans(spans: &[StageSpan]) {
+    let dec = stage_times(spans, Stage::Decoder);
+    let enc = stage_times(spans, Stage::Encoder);
+    let starts = |st: Stage| -> Vec<f64> {
+        spans
+            .iter()
+            .filter(|s| s.stage == st)
+            .map(|s| s.start_ms)
+            .collect()
+    };
+    let (ds, es) = (starts(Stage::Decoder), starts(Stage::Encoder));
+    println!("GPU spans (ms): frame | decoder time, gap | encoder time, gap | encoder start - decoder start");
+    let n = dec.len().min(enc.len());
+    for i in 0..n {
+        let gap = |g: Option<f64>| g.map_or("-".into(), |g| format!("{g:.3}"));
+        println!(
+            "{i:4} | {:.3} {} | {:.3} {} | {:.3}",
+            dec[i].0,
+            gap(dec[i].1),
+            enc[i].0,
+            gap(enc[i].1),
+            es[i] - ds[i]
+        );
+    }
+    let mean = |x: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = x.collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    println!(
+        "spans mean: decoder {:.3} + gap {:.3}, encoder {:.3} + gap {:.3}, encoder start - decoder start {:.3}",
+        mean(&mut dec.iter().map(|d| d.0)),
+        mean(&mut dec.iter().filter_map(|d| d.1)),
+        mean(&mut enc.iter().map(|e| e.0)),
+        mean(&mut enc.iter().filter_map(|e| e.1)),
+        mean(&mut (0..n).map(|i| es[i] - ds[i]))
+    );
 }
 
 /// --delay-sweep: does the pair's frame depend on how the stages line up? One green 50-50

@@ -12,6 +12,7 @@
 //! * [`synthetic`]: the %smid probe and synthetic stages of π0's shape.
 //! * [`bench`]: the six-way benchmark.
 //! * `runtime_kernels`: NVRTC compile + context-independent load and launch of kernels/partition/.
+//! * [`spans`]: GPU timestamps around stage launches (a study tool for the lockstep frame).
 //! * [`interference`]: what slows a stage down beside the other (shared power, L2, HBM, launches).
 //!
 //! docs/tuning.md says how to choose a split; docs/partition-notes.md what was measured.
@@ -22,6 +23,7 @@ pub mod interference;
 pub mod pi0;
 pub mod pipeline;
 mod runtime_kernels;
+pub mod spans;
 pub mod split;
 pub mod stage;
 pub mod swap;

@@ -10,6 +10,7 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 
 use super::device::{green_layout, GreenGroups, Partition};
 use super::runtime_kernels::gpu;
+use super::spans::{SpanRecorder, StageSpan};
 use super::split::{plan, Backend, PlanKey, SmLayout, SplitPlan, SplitRequest};
 use super::stage::{upload_where, GraphUpload, StageEngine, StageGraph};
 use super::swap::{BoundedCache, FrameBoundarySwap, ObsId, SlotState, SlotTable, Stage};
@@ -228,6 +229,8 @@ struct Inner<E: StageEngine> {
     captures_cv: Condvar,
     capture_ms: Mutex<Vec<f64>>,
     capture_lock: Mutex<()>,
+    /// GPU timestamps around stage launches, when a study turns them on.
+    spans: SpanRecorder,
     stop: AtomicBool,
 }
 
@@ -332,6 +335,7 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
             captures_cv: Condvar::new(),
             capture_ms: Mutex::new(Vec::new()),
             capture_lock: Mutex::new(()),
+            spans: SpanRecorder::default(),
             stop: AtomicBool::new(false),
             engine,
         });
@@ -745,13 +749,15 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         enqueue: impl FnOnce(&Arc<CudaStream>) -> Result<()>,
     ) -> Result<()> {
         let p = &active.prepared;
-        if !(active.use_graphs && p.launch(stage, slot, shape)?) {
-            enqueue(p.stream(stage))?;
-            if let (true, Some(k)) = (active.use_graphs, shape) {
-                self.request_capture(p, stage, slot, k);
+        self.inner.spans.around(p.stream(stage), stage, || {
+            if !(active.use_graphs && p.launch(stage, slot, shape)?) {
+                enqueue(p.stream(stage))?;
+                if let (true, Some(k)) = (active.use_graphs, shape) {
+                    self.request_capture(p, stage, slot, k);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn note_switch(&self, stage: Stage, gen: u64, swap_us: f64) {
@@ -1005,6 +1011,18 @@ impl<E: StageEngine + 'static> PartitionedPi0<E> {
         drop(s);
         self.inner.slots_cv.notify_all();
         Ok(obs)
+    }
+
+    /// Study tool: turns GPU timestamps around every stage launch on or off (two timing
+    /// events per launch); either way the spans recorded so far are dropped.
+    pub fn record_stage_spans(&self, on: bool) {
+        self.inner.spans.set(on);
+    }
+
+    /// The stage spans recorded since `record_stage_spans(true)`, in launch order (waits for
+    /// them); clears the record.
+    pub fn take_stage_spans(&self) -> Result<Vec<StageSpan>> {
+        self.inner.spans.take()
     }
 
     /// Waits until every enqueued frame has finished.
