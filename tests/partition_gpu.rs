@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use cudarc::driver::CudaContext;
 use pi0_mps::partition::bench::{self, Workload};
+use pi0_mps::partition::spans::stage_times;
+use pi0_mps::partition::swap::Stage;
 use pi0_mps::partition::synthetic::{PartitionKernels, SyntheticConfig, SyntheticStages};
 use pi0_mps::partition::{
     cuda_available, split, Backend, PartitionedPi0, PipelineOptions, SmLayout, SplitRequest,
@@ -313,5 +315,50 @@ fn keeping_the_fastest_graphs_leaves_a_complete_working_set() {
         p.capture_times().len(),
         captures,
         "the kept set holds a graph for every shape run: nothing captured again"
+    );
+}
+
+#[test]
+fn stage_spans_time_every_launch_without_changing_results() {
+    let Some(ctx) = gpu() else { return };
+    let p = synthetic_pipeline(&ctx);
+    let w = workload(p.engine());
+    let plain = p
+        .forward_mps(&w.inputs[0], &w.noise[0], 50, 50, false)
+        .unwrap();
+    p.record_stage_spans(true);
+    let timed = p
+        .forward_mps(&w.inputs[0], &w.noise[0], 50, 50, false)
+        .unwrap();
+    assert_eq!(timed.actions, plain.actions, "timestamps change nothing");
+    let frames = 5;
+    for i in 0..frames {
+        p.forward_mps(&w.inputs[i % 4], &w.noise[i % 4], 50, 50, true)
+            .unwrap();
+    }
+    let spans = p.take_stage_spans().unwrap();
+    for stage in [Stage::Encoder, Stage::Decoder] {
+        let times = stage_times(&spans, stage);
+        assert_eq!(times.len(), frames + 1, "{stage:?}: one span per launch");
+        for (i, (gpu_ms, gap)) in times.iter().enumerate() {
+            assert!(
+                gpu_ms.is_finite() && *gpu_ms > 0.0,
+                "{stage:?} frame {i}: {gpu_ms} ms"
+            );
+            // One stream runs its launches in order: a gap is never negative.
+            assert!(
+                gap.unwrap_or(0.0) >= -1e-3,
+                "{stage:?} frame {i}: gap {gap:?}"
+            );
+        }
+    }
+    assert_eq!(spans[0].start_ms, 0.0, "times count from the first start");
+    assert!(p.take_stage_spans().unwrap().is_empty(), "taking clears");
+    p.record_stage_spans(false);
+    p.forward_mps(&w.inputs[1], &w.noise[1], 50, 50, true)
+        .unwrap();
+    assert!(
+        p.take_stage_spans().unwrap().is_empty(),
+        "nothing recorded while off"
     );
 }
