@@ -340,9 +340,10 @@ fn stage_spans_time_every_launch_without_changing_results() {
     for stage in [Stage::Encoder, Stage::Decoder] {
         let times = stage_times(&spans, stage);
         assert_eq!(times.len(), frames + 1, "{stage:?}: one span per launch");
-        for (i, (gpu_ms, gap)) in times.iter().enumerate() {
+        for (i, f) in times.iter().enumerate() {
+            let (gpu_ms, gap) = (f.gpu_ms, f.gap_ms);
             assert!(
-                gpu_ms.is_finite() && *gpu_ms > 0.0,
+                gpu_ms.is_finite() && gpu_ms > 0.0,
                 "{stage:?} frame {i}: {gpu_ms} ms"
             );
             // One stream runs its launches in order: a gap is never negative.

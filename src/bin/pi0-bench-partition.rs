@@ -279,7 +279,7 @@ fn frame_trace(
         for (i, row) in v.chunks(10).enumerate() {
             println!("{:4}: {}", i * 10, bench::list_ms(row));
         }
-        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+        let mean = |x: &[f64]| bench::Summary::of(x).mean;
         // Frames alternate the two prefix slots (each with its own graphs).
         let parity = |m: usize| -> Vec<f64> { v.iter().skip(m).step_by(2).copied().collect() };
         let (first, second) = v.split_at(v.len() / 2);
@@ -310,38 +310,26 @@ fn frame_trace(
 fn print_stage_spans(spans: &[StageSpan]) {
     let dec = stage_times(spans, Stage::Decoder);
     let enc = stage_times(spans, Stage::Encoder);
-    let starts = |st: Stage| -> Vec<f64> {
-        spans
-            .iter()
-            .filter(|s| s.stage == st)
-            .map(|s| s.start_ms)
-            .collect()
-    };
-    let (ds, es) = (starts(Stage::Decoder), starts(Stage::Encoder));
     println!("GPU spans (ms): frame | decoder time, gap | encoder time, gap | encoder start - decoder start");
-    let n = dec.len().min(enc.len());
-    for i in 0..n {
-        let gap = |g: Option<f64>| g.map_or("-".into(), |g| format!("{g:.3}"));
+    let gap = |g: Option<f64>| g.map_or("-".into(), |g| format!("{g:.3}"));
+    for (i, (d, e)) in dec.iter().zip(&enc).enumerate() {
         println!(
             "{i:4} | {:.3} {} | {:.3} {} | {:.3}",
-            dec[i].0,
-            gap(dec[i].1),
-            enc[i].0,
-            gap(enc[i].1),
-            es[i] - ds[i]
+            d.gpu_ms,
+            gap(d.gap_ms),
+            e.gpu_ms,
+            gap(e.gap_ms),
+            e.start_ms - d.start_ms
         );
     }
-    let mean = |x: &mut dyn Iterator<Item = f64>| {
-        let v: Vec<f64> = x.collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
-    };
+    let mean = |v: Vec<f64>| bench::Summary::of(&v).mean;
     println!(
         "spans mean: decoder {:.3} + gap {:.3}, encoder {:.3} + gap {:.3}, encoder start - decoder start {:.3}",
-        mean(&mut dec.iter().map(|d| d.0)),
-        mean(&mut dec.iter().filter_map(|d| d.1)),
-        mean(&mut enc.iter().map(|e| e.0)),
-        mean(&mut enc.iter().filter_map(|e| e.1)),
-        mean(&mut (0..n).map(|i| es[i] - ds[i]))
+        mean(dec.iter().map(|d| d.gpu_ms).collect()),
+        mean(dec.iter().filter_map(|d| d.gap_ms).collect()),
+        mean(enc.iter().map(|e| e.gpu_ms).collect()),
+        mean(enc.iter().filter_map(|e| e.gap_ms).collect()),
+        mean(dec.iter().zip(&enc).map(|(d, e)| e.start_ms - d.start_ms).collect())
     );
 }
 

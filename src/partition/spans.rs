@@ -80,15 +80,24 @@ impl SpanRecorder {
     }
 }
 
-/// Per-frame figures of one stage from its spans in order: GPU time, and the gap from its
-/// previous end to its start (None for the first).
-pub fn stage_times(spans: &[StageSpan], stage: Stage) -> Vec<(f64, Option<f64>)> {
+/// One launch of a stage as a frame trace reports it: its start and GPU time, and the gap from
+/// the stage's previous end (None for the first).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StageFrame {
+    pub start_ms: f64,
+    pub gpu_ms: f64,
+    pub gap_ms: Option<f64>,
+}
+
+/// The frames of one stage from its spans, in order.
+pub fn stage_times(spans: &[StageSpan], stage: Stage) -> Vec<StageFrame> {
     let mine: Vec<&StageSpan> = spans.iter().filter(|s| s.stage == stage).collect();
     mine.iter()
         .enumerate()
-        .map(|(i, s)| {
-            let gap = i.checked_sub(1).map(|j| s.start_ms - mine[j].end_ms);
-            (s.end_ms - s.start_ms, gap)
+        .map(|(i, s)| StageFrame {
+            start_ms: s.start_ms,
+            gpu_ms: s.end_ms - s.start_ms,
+            gap_ms: i.checked_sub(1).map(|j| s.start_ms - mine[j].end_ms),
         })
         .collect()
 }
@@ -116,8 +125,9 @@ mod tests {
         let d = stage_times(&spans, Stage::Decoder);
         let e = stage_times(&spans, Stage::Encoder);
         assert_eq!(d.len(), 2);
-        assert!((d[0].0 - 10.0).abs() < 1e-12 && d[0].1.is_none());
-        assert!((d[1].0 - 10.1).abs() < 1e-12 && (d[1].1.unwrap() - 0.4).abs() < 1e-12);
-        assert!((e[1].0 - 10.0).abs() < 1e-12 && (e[1].1.unwrap() - 0.3).abs() < 1e-12);
+        assert!((d[0].gpu_ms - 10.0).abs() < 1e-12 && d[0].gap_ms.is_none());
+        assert!((d[1].gpu_ms - 10.1).abs() < 1e-12 && (d[1].gap_ms.unwrap() - 0.4).abs() < 1e-12);
+        assert!((e[1].gpu_ms - 10.0).abs() < 1e-12 && (e[1].gap_ms.unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!((d[1].start_ms, e[1].start_ms), (10.4, 10.6));
     }
 }
