@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"; CI's .ci/run calls it on a fresh CPU machine).
 # 1. Rust toolchain checks: rustfmt, clippy (-D warnings), cargo test (unit, golden, bag,
-#    checkpoint, pipeline tests; GPU tests skip with a message when no GPU is present).
+#    checkpoint, pipeline tests; GPU tests skip with a message when no GPU is present), and
+#    every CUDA source compiled by NVRTC for sm_80-sm_90a (tests/kernels_compile.rs; the
+#    library comes from a PyPI wheel, scripts/nvrtc-env.sh: no GPU needed).
 # 2. The ROS 2 node built against the ROS 2 Jazzy wheels from PyPI, and its integration tests
 #    in a loopback-only network namespace (scripts/ros-test.sh).
 # Set PI0_SKIP_ROS=1 to run only step 1.
@@ -17,6 +19,10 @@ if [[ "${PI0_SKIP_ROS:-0}" != 1 ]]; then
     export PI0_PYTHON="$PWD/.ros/bin/python"
 fi
 
+stage "NVRTC library for the kernel compile test (scripts/nvrtc-env.sh)"
+# shellcheck source=scripts/nvrtc-env.sh
+source scripts/nvrtc-env.sh
+
 stage "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -30,7 +36,7 @@ cargo test -- --nocapture > target/cargo-test.log 2>&1
 rc=$?
 set -e
 # The summary lines plus what the tests print about golden figures and skips.
-grep -E "^(test |running |test result)|skipping|golden|rel L2" target/cargo-test.log || true
+grep -E "^(test |running |test result)|skipping|golden|rel L2|kernels in" target/cargo-test.log || true
 if [[ $rc -ne 0 ]]; then
     echo "cargo test FAILED (exit $rc); the end of target/cargo-test.log:"
     tail -100 target/cargo-test.log

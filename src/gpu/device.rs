@@ -331,7 +331,41 @@ pub fn arch_for(major: i32, minor: i32) -> String {
     }
 }
 
-fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
+/// The one NVRTC translation unit: every file of `SOURCES` in order, with
+/// `PI0_PDL_WAIT_FIRST` defined first when `pdl_wait_first`.
+pub fn kernel_source(pdl_wait_first: bool) -> String {
+    let mut src = String::new();
+    if pdl_wait_first {
+        src.push_str("#define PI0_PDL_WAIT_FIRST 1\n");
+    }
+    for (name, text) in SOURCES {
+        src.push_str(&format!("// ---- {name} ----\n"));
+        src.push_str(text);
+        src.push('\n');
+    }
+    src
+}
+
+/// The names of every kernel `Kernels::load` looks up in the compiled library.
+pub fn kernel_names() -> &'static [&'static str] {
+    KERNEL_NAMES
+}
+
+/// Whether the NVRTC library can be loaded (it needs no GPU or driver).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library under its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles `src` for `arch` (e.g. "sm_90a") with the engine's NVRTC options and returns the
+/// cubin. Needs the NVRTC library only, no GPU: CI compiles every kernel this way.
+pub fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
+    nvrtc_compile_with_log(src, arch, &[]).map(|(cubin, _)| cubin)
+}
+
+/// `nvrtc_compile` with `extra` options after the engine's (e.g. "--ptxas-options=-v"),
+/// returning NVRTC's log beside the cubin.
+pub fn nvrtc_compile_with_log(src: &str, arch: &str, extra: &[&str]) -> Result<(Vec<u8>, String)> {
     use cudarc::nvrtc::{result as nr, sys as ns};
     let csrc = CString::new(src).map_err(|_| Error::Gpu("kernel source has a NUL byte".into()))?;
     let prog = nr::create_program(&csrc, Some(c"pi0_kernels.cu"))
@@ -341,7 +375,10 @@ fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
         "--std=c++17".to_string(),
         "-default-device".to_string(),
         "--extra-device-vectorization".to_string(),
-    ];
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|o| o.to_string()))
+    .collect::<Vec<_>>();
     // SAFETY: prog is valid until destroyed below.
     let res = unsafe { nr::compile_program(prog, &opts) };
     let log = unsafe { nr::get_program_log(prog) }
@@ -377,7 +414,7 @@ fn nvrtc_compile(src: &str, arch: &str) -> Result<Vec<u8>> {
     if !log.trim().is_empty() {
         log::debug!("NVRTC log: {log}");
     }
-    Ok(cubin)
+    Ok((cubin, log))
 }
 
 impl Kernels {
@@ -385,18 +422,10 @@ impl Kernels {
     /// (major, minor). Cache key: source hash + arch + driver version.
     pub fn load(major: i32, minor: i32) -> Result<Self> {
         let arch = arch_for(major, minor);
-        let mut src = String::new();
         // PI0_PDL_EARLY=0: the decoder's norms and GELU-gate wait before they let the next
         // weight GEMM launch (the order before v24, for comparisons). Part of the source, so
         // of the kernel cache key.
-        if std::env::var("PI0_PDL_EARLY").is_ok_and(|v| v == "0") {
-            src.push_str("#define PI0_PDL_WAIT_FIRST 1\n");
-        }
-        for (name, text) in SOURCES {
-            src.push_str(&format!("// ---- {name} ----\n"));
-            src.push_str(text);
-            src.push('\n');
-        }
+        let src = kernel_source(std::env::var("PI0_PDL_EARLY").is_ok_and(|v| v == "0"));
         let mut driver = 0i32;
         // SAFETY: plain query.
         cu(

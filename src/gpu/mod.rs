@@ -32,7 +32,9 @@ use cudarc::driver::CudaStream;
 
 pub use graph::Graph;
 
-pub use device::arch_for;
+pub use device::{
+    arch_for, kernel_names, kernel_source, nvrtc_available, nvrtc_compile, nvrtc_compile_with_log,
+};
 pub use engine::{Pi0Cuda, StageTimes};
 pub use probe::{check_libraries, skip_reason};
 pub use weights::{time_embedding, RandomSource, WeightSource};

@@ -16,12 +16,10 @@ use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use super::bench::{streaming_under_load, Summary, Workload};
 use super::pipeline::PartitionedPi0;
-use super::runtime_kernels::{self, gpu, RuntimeLibrary};
+use super::runtime_kernels::{self, gpu, RuntimeLibrary, AGGRESSOR};
 use super::stage::StageEngine;
 use super::synthetic::DevBuf;
 use crate::error::{Error, Result};
-
-const SRC: &str = include_str!("../../kernels/partition/aggressor.cu");
 
 /// A long-running aggressor stops itself after this long even if the stop flag never comes.
 const MAX_AGGRESSOR_NS: u64 = 20_000_000_000;
@@ -118,7 +116,7 @@ unsafe impl Sync for Aggressors {}
 
 impl Aggressors {
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        let lib = RuntimeLibrary::compile(ctx, SRC, "kernels/partition/aggressor.cu")?;
+        let lib = RuntimeLibrary::compile(ctx, &AGGRESSOR)?;
         Ok(Aggressors {
             ctx: ctx.clone(),
             spin: lib.kernel("agg_spin")?,

@@ -11,7 +11,8 @@
 //! * [`swap`]: the GPU-free state machines (frame-boundary swap, bounded cache, prefix slots).
 //! * [`synthetic`]: the %smid probe and synthetic stages of π0's shape.
 //! * [`bench`]: the six-way benchmark.
-//! * `runtime_kernels`: NVRTC compile + context-independent load and launch of kernels/partition/.
+//! * [`runtime_kernels`]: NVRTC compile + context-independent load and launch of kernels/partition/
+//!   (its `RUNTIME_SOURCES` list is what CI compile-checks).
 //! * [`spans`]: GPU timestamps around stage launches (a study tool for the lockstep frame).
 //! * [`interference`]: what slows a stage down beside the other (shared power, L2, HBM, launches).
 //!
@@ -22,7 +23,7 @@ pub mod device;
 pub mod interference;
 pub mod pi0;
 pub mod pipeline;
-mod runtime_kernels;
+pub mod runtime_kernels;
 pub mod spans;
 pub mod split;
 pub mod stage;

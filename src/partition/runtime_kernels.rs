@@ -15,8 +15,50 @@ pub(super) fn gpu<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error +
     move |e| Error::Gpu(format!("{what}: {e}"))
 }
 
+/// A CUDA source of this layer and the kernels the layer looks up in it.
+pub struct RuntimeSource {
+    /// Path in the repository, for errors.
+    pub file: &'static str,
+    pub text: &'static str,
+    /// Every `extern "C" __global__` the layer launches from it.
+    pub kernels: &'static [&'static str],
+}
+
+/// The synthetic stages and the %smid probe.
+pub const SYNTHETIC: RuntimeSource = RuntimeSource {
+    file: "kernels/partition/synthetic.cu",
+    text: include_str!("../../kernels/partition/synthetic.cu"),
+    kernels: &["smid_probe", "enc_layer", "dec_reduce", "dec_update"],
+};
+
+/// The interference study's aggressors.
+pub const AGGRESSOR: RuntimeSource = RuntimeSource {
+    file: "kernels/partition/aggressor.cu",
+    text: include_str!("../../kernels/partition/aggressor.cu"),
+    kernels: &["agg_spin", "agg_read", "agg_fill", "agg_empty"],
+};
+
+/// Every source of this layer (CI compiles each with NVRTC, no GPU needed).
+pub const RUNTIME_SOURCES: &[RuntimeSource] = &[SYNTHETIC, AGGRESSOR];
+
+/// Compiles `source` to PTX for `arch` (e.g. "sm_90"). Needs the NVRTC library only.
+pub fn compile_ptx(source: &RuntimeSource, arch: &'static str) -> Result<String> {
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+        source.text,
+        cudarc::nvrtc::CompileOptions {
+            arch: Some(arch),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Error::Gpu(format!("NVRTC ({}): {e}", source.file)))?;
+    Ok(ptx.to_src())
+}
+
 /// One compiled source, unloaded when dropped.
-pub(super) struct RuntimeLibrary(sys::CUlibrary);
+pub(super) struct RuntimeLibrary {
+    lib: sys::CUlibrary,
+    source: &'static RuntimeSource,
+}
 
 // SAFETY: a library handle is valid in every thread once loaded.
 unsafe impl Send for RuntimeLibrary {}
@@ -26,35 +68,35 @@ impl Drop for RuntimeLibrary {
     fn drop(&mut self) {
         // SAFETY: loaded in `compile`, unloaded once.
         unsafe {
-            sys::cuLibraryUnload(self.0);
+            sys::cuLibraryUnload(self.lib);
         }
     }
 }
 
 impl RuntimeLibrary {
-    /// Compiles `src` (named `file` in errors) for `ctx`'s device and loads it.
-    pub(super) fn compile(ctx: &Arc<CudaContext>, src: &str, file: &str) -> Result<Self> {
+    /// Compiles `source` for `ctx`'s device and loads it.
+    pub(super) fn compile(ctx: &Arc<CudaContext>, source: &'static RuntimeSource) -> Result<Self> {
         ctx.bind_to_thread().map_err(gpu("bind context"))?;
         let (maj, min) = ctx
             .compute_capability()
             .map_err(gpu("compute capability"))?;
         let arch: &'static str = Box::leak(format!("sm_{maj}{min}").into_boxed_str());
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            src,
-            cudarc::nvrtc::CompileOptions {
-                arch: Some(arch),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::Gpu(format!("NVRTC ({file}): {e}")))?;
-        let text = CString::new(ptx.to_src()).map_err(gpu("PTX"))?;
+        let text = CString::new(compile_ptx(source, arch)?).map_err(gpu("PTX"))?;
         // SAFETY: `text` is NUL-terminated PTX.
         let lib = unsafe { load_library(text.as_ptr() as *const c_void) }?;
-        Ok(RuntimeLibrary(lib))
+        Ok(RuntimeLibrary { lib, source })
     }
 
+    /// A kernel of the source. Only declared kernels are looked up, so that CI's compile check
+    /// covers every kernel the layer launches.
     pub(super) fn kernel(&self, name: &str) -> Result<sys::CUkernel> {
-        library_kernel(self.0, name)
+        if !self.source.kernels.contains(&name) {
+            return Err(Error::Gpu(format!(
+                "kernel {name} is not declared in {}'s RuntimeSource",
+                self.source.file
+            )));
+        }
+        library_kernel(self.lib, name)
     }
 }
 

@@ -9,13 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{sys, CudaContext, CudaStream};
 
-use super::runtime_kernels::{self, gpu, RuntimeLibrary};
+use super::runtime_kernels::{self, gpu, RuntimeLibrary, SYNTHETIC};
 use super::stage::{capture, StageEngine};
 use crate::engine::ModelInput;
 use crate::error::{Error, Result};
 use crate::gpu::device::cu;
-
-const SRC: &str = include_str!("../../kernels/partition/synthetic.cu");
 
 /// The synthetic stages' kernels and the %smid probe (kernels/partition/synthetic.cu).
 pub struct PartitionKernels {
@@ -34,7 +32,7 @@ unsafe impl Sync for PartitionKernels {}
 
 impl PartitionKernels {
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Arc<Self>> {
-        let lib = RuntimeLibrary::compile(ctx, SRC, "kernels/partition/synthetic.cu")?;
+        let lib = RuntimeLibrary::compile(ctx, &SYNTHETIC)?;
         Ok(Arc::new(PartitionKernels {
             ctx: ctx.clone(),
             smid: lib.kernel("smid_probe")?,
