@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"; CI's .ci/run calls it on a fresh CPU machine).
-# 1. Rust toolchain checks: rustfmt, clippy (-D warnings), cargo test (unit, golden, bag,
-#    checkpoint, pipeline tests; GPU tests skip with a message when no GPU is present), and
+# 1. Rust toolchain checks: rustfmt, clippy (-D warnings), rustdoc (-D warnings), cargo test
+#    (unit, golden, bag, checkpoint, pipeline tests; GPU tests skip with a message when no GPU
+#    is present), and
 #    every CUDA source compiled by NVRTC for sm_80-sm_90a (tests/kernels_compile.rs; the
 #    library comes from a PyPI wheel, scripts/nvrtc-env.sh: no GPU needed).
 # 2. The ROS 2 node built against the ROS 2 Jazzy wheels from PyPI, and its integration tests
@@ -28,6 +29,9 @@ cargo fmt --all -- --check
 
 stage "cargo clippy (no features) -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+stage "cargo doc (library API docs, -D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
 stage "cargo test"
 mkdir -p target

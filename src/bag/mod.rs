@@ -14,7 +14,7 @@
 //! ```
 //! Online replay into a running node (where `ros2 bag play` is missing):
 //! `pi0-replay play BAG [--rate R] [--loop N] [--remap A:=B] [--restamp] [--record /pi0/actions
-//! --record-out DIR]` ([`online`], needs the `ros` feature), or the same with the rclpy script
+//! --record-out DIR]` (`online`, needs the `ros` feature), or the same with the rclpy script
 //! `tests/ros/bag_play.py`; both publish the recorded CDR bytes unchanged.
 //!
 //! ```no_run

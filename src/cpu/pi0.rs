@@ -26,7 +26,7 @@ impl TokenEmbedding {
         })
     }
 
-    /// gemma.py `Embedder.encode`: table[token] · √width, `tokens.len() × width`.
+    /// gemma.py `Embedder.encode`: `table[token]` · √width, `tokens.len() × width`.
     pub fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(tokens.len() * self.width);
         for &t in tokens {

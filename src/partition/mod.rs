@@ -10,7 +10,7 @@
 //!   (`submit_observation` / `request_actions`), live `set_split` at frame boundaries.
 //! * [`swap`]: the GPU-free state machines (frame-boundary swap, bounded cache, prefix slots).
 //! * [`synthetic`]: the %smid probe and synthetic stages of π0's shape.
-//! * [`bench`]: the six-way benchmark.
+//! * [`mod@bench`]: the six-way benchmark.
 //! * [`runtime_kernels`]: NVRTC compile + context-independent load and launch of kernels/partition/
 //!   (its `RUNTIME_SOURCES` list is what CI compile-checks).
 //! * [`spans`]: GPU timestamps around stage launches (a study tool for the lockstep frame).
