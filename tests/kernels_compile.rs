@@ -143,6 +143,15 @@ fn engine_kernels_compile_for_every_supported_architecture_without_spills() {
             .filter(|(_, _, stores, loads)| *stores > 0 || *loads > 0)
             .collect();
         assert!(spilling.is_empty(), "{arch}: register spills {spilling:?}");
+        // ptxas warns where it degrades code it was asked for (e.g. wgmma serialized).
+        let warnings: Vec<_> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("warning"))
+            .collect();
+        assert!(
+            warnings.is_empty(),
+            "{arch}: compiler warnings {warnings:#?}"
+        );
         let most = resources.iter().max_by_key(|r| r.1).unwrap();
         println!(
             "{arch}: {} kernels in {} KB, no spills, most registers {} ({})",

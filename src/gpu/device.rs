@@ -219,7 +219,14 @@ pub enum A {
     I(i32),
     F(f32),
     L(i64),
+    /// A `CUtensorMap` passed by value (a kernel's `__grid_constant__` TMA descriptor).
+    Map(TensorMap),
 }
+
+/// A `CUtensorMap`: 128 opaque bytes, 64-byte aligned.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct TensorMap(pub [u64; 16]);
 
 macro_rules! kernels {
     ($($id:ident = $name:literal),* $(,)?) => {
@@ -270,6 +277,7 @@ kernels! {
     Flash80 = "flash_hd80_k",
     Flash128 = "flash_hd128_k",
     Flash256 = "flash_hd256_k",
+    GateUpGelu = "gateup_gelu_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.
@@ -283,6 +291,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("skinny.cu", include_str!("../../kernels/skinny.cu")),
     ("flash.cu", include_str!("../../kernels/flash.cu")),
+    ("gateup.cu", include_str!("../../kernels/gateup.cu")),
 ];
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -524,11 +533,25 @@ impl Kernels {
                 A::I(i) => i as u32 as u64,
                 A::F(f) => f.to_bits() as u64,
                 A::L(l) => l as u64,
+                A::Map(_) => 0,
             })
             .collect();
-        let mut ptrs: Vec<*mut c_void> = store
-            .iter_mut()
-            .map(|x| x as *mut u64 as *mut c_void)
+        // Tensor maps are passed from their own (aligned) copies; `store` holds a placeholder.
+        let mut maps: Vec<TensorMap> = args
+            .iter()
+            .filter_map(|a| match a {
+                A::Map(m) => Some(*m),
+                _ => None,
+            })
+            .collect();
+        let mut next_map = maps.iter_mut();
+        let mut ptrs: Vec<*mut c_void> = args
+            .iter()
+            .zip(store.iter_mut())
+            .map(|(a, x)| match a {
+                A::Map(_) => next_map.next().unwrap() as *mut TensorMap as *mut c_void,
+                _ => x as *mut u64 as *mut c_void,
+            })
             .collect();
         let f = self.kernels[k as usize] as sys::CUfunction;
         let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::new();

@@ -402,6 +402,8 @@ pub struct Pi0Cuda {
     /// (group size, left-over SMs) of the device's green split; None where there is none or
     /// `PI0_LT_CLUSTER_GROUPS=off` (`whole_group_sms`).
     green_left_over: Option<(u32, u32)>,
+    /// The LLM's MLP through the fused gate|up + GELU·up kernel (`GpuOptions::fused_llm_mlp`).
+    fused_llm_mlp: bool,
     name: String,
 }
 
@@ -579,6 +581,20 @@ impl Pi0Cuda {
         let expert_f16 =
             opts.expert_f16 && std::env::var("PI0_EXPERT_F16").map_or(true, |v| v != "0");
         let w = Weights::load(cfg, src, streaming, expert_f16)?;
+        // PI0_LLM_MLP=fused / =cublaslt: the fused gate|up kernel on or off (a study knob).
+        let fused_llm_mlp = match std::env::var("PI0_LLM_MLP").as_deref() {
+            Ok("fused") => true,
+            Ok("cublaslt") => false,
+            _ => opts.fused_llm_mlp,
+        } && (major, minor) == (9, 0);
+        if fused_llm_mlp {
+            kernels.set_max_smem(
+                K::GateUpGelu,
+                super::gateup::SMEM_BYTES as i32,
+                ctx.cu_device(),
+            )?;
+            log::info!("LLM MLP: fused gate|up + GELU·up kernel");
+        }
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
         if smem_row > 48 * 1024 {
             kernels.set_max_smem(K::OutEuler, smem_row, ctx.cu_device())?;
@@ -691,6 +707,7 @@ impl Pi0Cuda {
             graphs: Mutex::new(HashMap::new()),
             device_sms: sms,
             green_left_over,
+            fused_llm_mlp,
             name,
         })
     }

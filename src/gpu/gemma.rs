@@ -53,18 +53,32 @@ impl Pi0Cuda {
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
         rms(l.post.ptr)?;
-        let gate_up = Gemm::linear(rows, 2 * f, w);
-        lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
-        let n8 = (rows * f).div_ceil(8);
-        self.launch(
-            s,
-            lt.pdl_all,
-            K::GeluMul,
-            n8.div_ceil(256) as u32,
-            256,
-            0,
-            &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
-        )?;
+        if self.fused_llm_mlp && crate::gpu::gateup::covers(rows, w, f) {
+            crate::gpu::gateup::launch(
+                &self.kernels,
+                s,
+                lt.pdl_all,
+                b.xn,
+                rows,
+                l.gu_w.ptr,
+                w,
+                f,
+                b.h,
+            )?;
+        } else {
+            let gate_up = Gemm::linear(rows, 2 * f, w);
+            lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
+            let n8 = (rows * f).div_ceil(8);
+            self.launch(
+                s,
+                lt.pdl_all,
+                K::GeluMul,
+                n8.div_ceil(256) as u32,
+                256,
+                0,
+                &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
+            )?;
+        }
         lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
     }
 

@@ -20,6 +20,7 @@
 
 pub(crate) mod device;
 mod engine;
+mod gateup;
 mod graph;
 mod lt;
 pub mod probe;
@@ -75,6 +76,10 @@ pub struct GpuOptions {
     /// full-size 1-view prompt-20 input the bf16 rounding of those inputs is the largest single
     /// error source (docs/gpu-notes.md v23). Same speed.
     pub expert_f16: bool,
+    /// The LLM's gate|up GEMM and GELU·up as one kernel (kernels/gateup.cu, Hopper only), so
+    /// the 2F-wide gate|up product is never written. A study path, off by default until
+    /// measured faster; `PI0_LLM_MLP=fused` turns it on.
+    pub fused_llm_mlp: bool,
 }
 
 impl Default for GpuOptions {
@@ -91,6 +96,7 @@ impl Default for GpuOptions {
             fused_attention: true,
             fused_gemma_attention: false,
             expert_f16: true,
+            fused_llm_mlp: false,
         }
     }
 }

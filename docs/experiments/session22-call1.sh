@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Session 22 call 1: the fused gate|up + GELU·up kernel (kernels/gateup.cu, PI0_LLM_MLP=fused)
+# on its first GPU: its f64 unit test, the golden tests with it on, the forward's encoder with
+# and without it, then the six-way's 50-50 frame alternated (default, fused, default, fused).
+# Binaries in .carry/: pi0_mps (the lib's unit tests), gpu_golden, pi0-bench,
+# pi0-bench-partition. Stop at the first failure: a wrong kernel has nothing to time.
+set -uo pipefail
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
+B=.carry; O=${OUT:-/tmp/l}; mkdir -p $O
+nvidia-smi --query-gpu=name,pci.bus_id,driver_version --format=csv,noheader
+t0=$SECONDS
+timeout 120 $B/pi0_mps gpu_fused_gate_up --nocapture --test-threads=1 > $O/unit.log 2>&1; rc=$?
+echo "== unit rc=$rc $((SECONDS-t0)) s"; grep -E "rel L2|test result|panicked|skipping" $O/unit.log
+[ $rc = 0 ] || { tail -30 $O/unit.log; exit 1; }
+t0=$SECONDS
+PI0_LLM_MLP=fused timeout 120 $B/gpu_golden --nocapture --test-threads=1 > $O/golden.log 2>&1; rc=$?
+echo "== golden (fused) rc=$rc $((SECONDS-t0)) s"; grep -E "rel|test result|panicked" $O/golden.log | tail -8
+[ $rc = 0 ] || { tail -30 $O/golden.log; exit 1; }
+for v in cublaslt fused cublaslt fused; do
+  PI0_LLM_MLP=$v timeout 90 $B/pi0-bench --iterations 150 > $O/fw_$v.log 2>&1
+  echo "== forward $v rc=$?"; grep -E "^\| 2 \| 20 \| 50 " $O/fw_$v.log | head -2
+done
+for v in cublaslt fused cublaslt fused; do
+  PI0_LLM_MLP=$v timeout 120 $B/pi0-bench-partition --engine pi0 --iterations 60 > $O/p_$v.log 2>&1
+  echo "== six-way $v rc=$?"; grep -E "^acceptance|^streaming" $O/p_$v.log
+  grep -E "^\| (forward sequential|partitioned concurrent 50-50)" $O/p_$v.log | awk -F'|' '{print $2"|"$7"|"$8"|"$11"|"$12"|"$13"|"$14}'
+done

@@ -1,0 +1,163 @@
+// The LLM's gate|up projection with GELU·up in its epilogue (Hopper only; GpuOptions /
+// PI0_LLM_MLP=fused): h[m][n] = gelu_tanh(X[m]·Wg[n]) * (X[m]·Wu[n]), where W = [Wg; Wu] is
+// the layer's [2F][K] gate|up weight and X the [M][K] post-attention RMSNorm output, both bf16.
+// Unfused, cuBLASLt writes the [M][2F] gate|up product (35 MB per layer for 2 views) and
+// gelu_mul_k reads it back to write h (17 MB): 52 MB of L2/HBM traffic per layer that the
+// decoder on the other partition competes with (docs/partition-notes.md). Here each CTA holds
+// a gate tile and the matching up tile of the same output columns in one accumulator
+// (columns 0-127 gate, 128-255 up), so h is the only output.
+//
+// Shape of one CTA: GU_NC consumer warpgroups (64 token rows each) + one producer warpgroup
+// whose thread 0 streams the k-stages by TMA (128-byte swizzle, zero fill past row M) into a
+// GU_ST-deep ring with full/empty mbarriers; consumers run wgmma m64n256k16 from shared
+// memory descriptors. Grid: x = token tiles (fastest, so the CTAs that share a weight tile
+// run together and read it from HBM once), y = F / 128 column tiles.
+
+#define GU_BN 128   // output columns per CTA (128 gate + 128 up weight rows)
+#define GU_BK 64    // k per stage: one 128-byte swizzled row per operand row
+#define GU_B_BYTES (2 * GU_BN * GU_BK * 2)  // 32 KB: gate tile then up tile
+
+// A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__.
+struct __align__(64) TmaDesc {
+    u64 v[16];
+};
+
+#if __CUDA_ARCH__ >= 900
+// wgmma shared-memory descriptor of a K-major tile with 128-byte swizzle: 8-row core groups
+// 1024 bytes apart (SBO), LBO unused (1), base 1024-aligned.
+DEV u64 gu_desc(u32 saddr) {
+    return (u64)((saddr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
+           ((u64)1 << 62);
+}
+
+DEV void gu_wgmma(float* d, u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+DEV void gu_tma_2d(u32 dst, const TmaDesc* map, u32 bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%3, %4}], [%2];\n" ::"r"(dst),
+        "l"((u64)map), "r"(bar), "r"(c0), "r"(c1)
+        : "memory");
+}
+
+DEV void gu_wait(u32 bar, u32 parity) {
+    while (!mbar_try_wait(bar, parity)) {
+    }
+}
+#endif
+
+// NC consumer warpgroups; ST ring stages. Dynamic shared memory: ST * (NC * 8 KB + 32 KB)
+// + 1 KB (alignment to 1024 bytes for the swizzle) + 1 KB (barriers).
+template <int NC, int ST>
+DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restrict__ h, int M,
+                          int F, int K) {
+#if __CUDA_ARCH__ >= 900
+    extern __shared__ unsigned char gu_smem[];
+    constexpr u32 A_BYTES = NC * 64 * GU_BK * 2;
+    constexpr u32 STAGE = A_BYTES + GU_B_BYTES;
+    const u32 base = (smem_u32(gu_smem) + 1023u) & ~1023u;
+    const u32 bars = base + ST * STAGE;  // full[ST], then empty[ST], 8 bytes each
+    const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
+    const int m0 = blockIdx.x * NC * 64, n0 = blockIdx.y * GU_BN;
+    const int kt = K / GU_BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < ST; s++) {
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bars + 8 * s));
+            // Every consumer thread releases a stage once its own wgmma reads are done.
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bars + 8 * (ST + s)),
+                         "r"(NC * 128));
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    pdl_wait();  // X is the previous kernel's output
+    pdl_trigger();
+    if (wg == 0) {
+        if (t == 0) {
+            for (int it = 0; it < kt; it++) {
+                const int s = it % ST;
+                if (it >= ST) gu_wait(bars + 8 * (ST + s), (u32)((it / ST - 1) & 1));
+                const u32 full = bars + 8 * s, a = base + s * STAGE, b = a + A_BYTES;
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(full),
+                             "r"(STAGE)
+                             : "memory");
+                gu_tma_2d(a, tx, full, it * GU_BK, m0);
+                gu_tma_2d(b, tw, full, it * GU_BK, n0);
+                gu_tma_2d(b + GU_B_BYTES / 2, tw, full, it * GU_BK, F + n0);
+            }
+        }
+        return;
+    }
+    const int c = wg - 1;  // consumer warpgroup: token rows m0 + 64c ...
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) d[i] = 0.f;
+    for (int it = 0; it < kt; it++) {
+        const int s = it % ST;
+        gu_wait(bars + 8 * s, (u32)((it / ST) & 1));
+        const u32 a = base + s * STAGE + c * 64 * 128, b = base + s * STAGE + A_BYTES;
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < GU_BK / 16; kk++) gu_wgmma(d, gu_desc(a + kk * 32), gu_desc(b + kk * 32));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        // The accumulators are final only after the wait: tie every register to it, or the
+        // compiler may read them before (their last writer is the wgmma asm above).
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(d[i])::"memory");
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bars + 8 * (ST + s))
+                     : "memory");
+    }
+    // Accumulator fragment of m64n256: register 4j + 2i + e holds row 16*warp + lane/4 + 8i,
+    // column 8j + 2*(lane%4) + e; gate column j pairs with up column j + 16 (128 further).
+    const int warp = t / 32, lane = t % 32;
+    const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int r = r0 + 8 * i;
+        if (r >= M) continue;
+        bf16_t* out = h + (size_t)r * F + n0 + 2 * (lane % 4);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const float g0 = d[4 * j + 2 * i], g1 = d[4 * j + 2 * i + 1];
+            const float u0 = d[4 * (j + 16) + 2 * i], u1 = d[4 * (j + 16) + 2 * i + 1];
+            const u32 lo = f2b(gelu_tanh(g0) * u0), hi = f2b(gelu_tanh(g1) * u1);
+            *(u32*)(out + 8 * j) = lo | (hi << 16);
+        }
+    }
+#else
+    __trap();  // launched only on Hopper (src/gpu/gateup.rs)
+#endif
+}
+
+#define GU_KERNEL(NAME, NC, ST)                                                                 \
+    extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1)                             \
+        NAME(const __grid_constant__ TmaDesc tx, const __grid_constant__ TmaDesc tw,            \
+             bf16_t* __restrict__ h, int M, int F, int K) {                                     \
+        gateup_gelu_body<NC, ST>(&tx, &tw, h, M, F, K);                                          \
+    }
+
+GU_KERNEL(gateup_gelu_k, 2, 4)

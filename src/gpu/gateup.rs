@@ -1,0 +1,210 @@
+//! The LLM's gate|up projection with GELU·up in its epilogue (kernels/gateup.cu; Hopper,
+//! `PI0_LLM_MLP=fused`): one kernel writes h = gelu_tanh(X·Wgᵀ) ⊙ (X·Wuᵀ) instead of cuBLASLt's
+//! [rows][2F] product followed by gelu_mul_k, so the 2F-wide intermediate never reaches the L2.
+//! A study path for the partitioned frame (docs/partition-notes.md): off by default until a
+//! device run shows it faster.
+
+use cudarc::driver::sys;
+
+use super::device::{cu, Kernels, TensorMap, A, K};
+use crate::error::{Error, Result};
+
+/// Consumer warpgroups per CTA (64 token rows each) and ring stages: must match
+/// `GU_KERNEL(gateup_gelu_k, 2, 4)` in kernels/gateup.cu.
+const CONSUMERS: usize = 2;
+const STAGES: usize = 4;
+/// Token rows per CTA, output columns per CTA, k per stage.
+const BM: usize = 64 * CONSUMERS;
+const BN: usize = 128;
+const BK: usize = 64;
+
+/// Dynamic shared memory of one CTA: the ring, 1 KB to align it for the 128-byte swizzle, 1 KB
+/// of barriers.
+pub(super) const SMEM_BYTES: usize = STAGES * (BM * BK * 2 + 2 * BN * BK * 2) + 2048;
+
+/// Whether the fused kernel covers an MLP of `rows` tokens, model width `width` (the GEMM's k)
+/// and hidden width `f`. Below a tile of rows cuBLASLt's small-M kernels are the better choice.
+pub(super) fn covers(rows: usize, width: usize, f: usize) -> bool {
+    rows >= BM && width % BK == 0 && f % BN == 0 && width > 0
+}
+
+/// A 2-D bf16 tensor map over a row-major `[rows][inner]` matrix at `base`, read in boxes of
+/// `box_rows` × 64 elements with the 128-byte swizzle wgmma expects; rows past `rows` read as 0.
+fn tensor_map(base: u64, inner: usize, rows: usize, box_rows: usize) -> Result<TensorMap> {
+    let mut map = TensorMap([0; 16]);
+    let dims = [inner as u64, rows as u64];
+    let strides = [(inner * 2) as u64];
+    let boxes = [BK as u32, box_rows as u32];
+    let elem = [1u32, 1];
+    // SAFETY: every array has the rank's length (2, and 1 stride); `map` is 128 bytes,
+    // 64-aligned.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map as *mut TensorMap as *mut sys::CUtensorMap,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            base as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    cu(r, "cuTensorMapEncodeTiled")?;
+    Ok(map)
+}
+
+/// Enqueues h[rows][f] = gelu_tanh(x·Wgᵀ) ⊙ (x·Wuᵀ) on `stream`, where x is `[rows][width]`
+/// bf16 and `w` the `[2f][width]` gate|up weight (gate rows first), both bf16.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn launch(
+    kernels: &Kernels,
+    stream: sys::CUstream,
+    pdl: bool,
+    x: u64,
+    rows: usize,
+    w: u64,
+    width: usize,
+    f: usize,
+    h: u64,
+) -> Result<()> {
+    if !covers(rows, width, f) {
+        return Err(Error::Gpu(format!(
+            "fused gate|up: {rows} rows, width {width}, hidden {f} not covered"
+        )));
+    }
+    let tx = tensor_map(x, width, rows, BM)?;
+    let tw = tensor_map(w, width, 2 * f, BN)?;
+    kernels.launch_ex(
+        K::GateUpGelu,
+        (rows.div_ceil(BM) as u32, (f / BN) as u32, 1),
+        (128 * (CONSUMERS + 1)) as u32,
+        SMEM_BYTES as u32,
+        stream,
+        &[
+            A::Map(tx),
+            A::Map(tw),
+            A::P(h),
+            A::I(rows as i32),
+            A::I(f as i32),
+            A::I(width as i32),
+        ],
+        pdl,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::device::DBuf;
+
+    fn gelu_tanh(x: f64) -> f64 {
+        0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+    }
+
+    fn bf16(v: f32) -> u16 {
+        half::bf16::from_f32(v).to_bits()
+    }
+
+    /// Fresh uniform values in [-a, a) rounded to bf16 (as bits and as the f64 they hold).
+    fn random_bf16(n: usize, a: f32, seed: u64) -> (Vec<u16>, Vec<f64>) {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let bits: Vec<u16> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+                bf16((2.0 * u - 1.0) * a)
+            })
+            .collect();
+        let vals = bits
+            .iter()
+            .map(|&b| half::bf16::from_bits(b).to_f64())
+            .collect();
+        (bits, vals)
+    }
+
+    fn check(kernels: &Kernels, stream: sys::CUstream, rows: usize, width: usize, f: usize) {
+        let (xb, x) = random_bf16(rows * width, 1.0, 11 + rows as u64);
+        let scale = 1.0 / (width as f32).sqrt();
+        let (wb, w) = random_bf16(2 * f * width, 2.0 * scale, 29 + f as u64);
+        let dx = DBuf::from_slice(&xb).unwrap();
+        let dw = DBuf::from_slice(&wb).unwrap();
+        // NaN first (0x7fc0), so that a tile the kernel skips cannot pass.
+        let dh = DBuf::from_slice(&vec![0x7fc0u16; rows * f]).unwrap();
+        // SAFETY: the pageable uploads above may still be in flight (docs/gpu-notes.md v17).
+        cu(unsafe { sys::cuCtxSynchronize() }, "sync").unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            launch(
+                kernels, stream, false, dx.ptr, rows, dw.ptr, width, f, dh.ptr,
+            )
+            .unwrap();
+            // SAFETY: plain stream synchronisation.
+            cu(unsafe { sys::cuStreamSynchronize(stream) }, "sync").unwrap();
+            runs.push(dh.download::<u16>(rows * f).unwrap());
+        }
+        assert!(runs[0] == runs[1], "{rows}x{width}x{f}: reruns differ");
+        let (mut err, mut norm) = (0f64, 0f64);
+        for t in 0..rows {
+            let xr = &x[t * width..(t + 1) * width];
+            for j in 0..f {
+                let dot = |row: usize| -> f64 {
+                    let wr = &w[row * width..(row + 1) * width];
+                    xr.iter().zip(wr).map(|(a, b)| a * b).sum()
+                };
+                let want = gelu_tanh(dot(j)) * dot(f + j);
+                let got = half::bf16::from_bits(runs[0][t * f + j]).to_f64();
+                assert!(
+                    got.is_finite(),
+                    "{rows}x{width}x{f}: non-finite at ({t}, {j})"
+                );
+                err += (got - want).powi(2);
+                norm += want * want;
+            }
+        }
+        let rel = (err / norm).sqrt();
+        println!("fused gate|up + GELU·up {rows}x{width}x{f}: rel L2 {rel:.2e} from f64");
+        // bf16 output rounding alone is ~2e-3 relative.
+        assert!(rel < 4e-3, "{rows}x{width}x{f}: rel L2 {rel:.3e}");
+    }
+
+    #[test]
+    fn gpu_fused_gate_up_matches_f64() {
+        let test = "gpu_fused_gate_up_matches_f64";
+        let Some((ctx, kernels)) = crate::gpu::device::test_kernels(test) else {
+            return;
+        };
+        if ctx.compute_capability().unwrap().0 != 9 {
+            println!("skipping {test}: the kernel uses wgmma (compute capability 9.0 only)");
+            return;
+        }
+        kernels
+            .set_max_smem(K::GateUpGelu, SMEM_BYTES as i32, ctx.cu_device())
+            .unwrap();
+        let stream = ctx.new_stream().unwrap();
+        // The π0 LLM's width (k = 2048) on a ragged last token tile (532 = 2 views + prompt 20:
+        // 4 tiles of 128 and one of 20), a narrow hidden width to keep the f64 reference short;
+        // a second shape with one full tile and a partial one.
+        for (rows, width, f) in [(532, 2048, 256), (200, 512, 384), (128, 64, 128)] {
+            check(&kernels, stream.cu_stream(), rows, width, f);
+        }
+    }
+
+    #[test]
+    fn the_kernel_covers_the_llm_and_leaves_the_expert_to_cublaslt() {
+        assert!(covers(532, 2048, 16384));
+        assert!(covers(276, 2048, 16384));
+        // The expert's 51-65 rows, and shapes off the tile grid.
+        assert!(!covers(51, 1024, 4096));
+        assert!(!covers(532, 2000, 16384));
+        assert!(!covers(532, 2048, 1000));
+    }
+}
