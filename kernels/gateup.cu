@@ -4,18 +4,16 @@
 // Unfused, cuBLASLt writes the [M][2F] gate|up product (35 MB per layer for 2 views) and
 // gelu_mul_k reads it back to write h (17 MB): 52 MB of L2/HBM traffic per layer that the
 // decoder on the other partition competes with (docs/partition-notes.md). Here each CTA holds
-// a gate tile and the matching up tile of the same output columns in one accumulator
-// (columns 0-127 gate, 128-255 up), so h is the only output.
+// a gate tile and the up tile of the same BNO output columns in one accumulator (columns
+// 0..BNO-1 gate, BNO..2*BNO-1 up), so h is the only output.
 //
-// Shape of one CTA: GU_NC consumer warpgroups (64 token rows each) + one producer warpgroup
-// whose thread 0 streams the k-stages by TMA (128-byte swizzle, zero fill past row M) into a
-// GU_ST-deep ring with full/empty mbarriers; consumers run wgmma m64n256k16 from shared
+// Shape of one CTA: NC consumer warpgroups (64 token rows each) + one producer warpgroup whose
+// thread 0 streams the k-stages by TMA (128-byte swizzle, zero fill past row M) into an
+// ST-deep ring with full/empty mbarriers; consumers run wgmma m64n(2*BNO)k16 from shared
 // memory descriptors. Grid: x = token tiles (fastest, so the CTAs that share a weight tile
-// run together and read it from HBM once), y = F / 128 column tiles.
+// run together and read it from HBM once), y = F / BNO column tiles.
 
-#define GU_BN 128   // output columns per CTA (128 gate + 128 up weight rows)
-#define GU_BK 64    // k per stage: one 128-byte swizzled row per operand row
-#define GU_B_BYTES (2 * GU_BN * GU_BK * 2)  // 32 KB: gate tile then up tile
+#define GU_BK 64  // k per stage: one 128-byte swizzled row per operand row
 
 // A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value as a __grid_constant__.
 struct __align__(64) TmaDesc {
@@ -30,7 +28,9 @@ DEV u64 gu_desc(u32 saddr) {
            ((u64)1 << 62);
 }
 
-DEV void gu_wgmma(float* d, u64 da, u64 db) {
+// wgmma m64nNk16, bf16 in, fp32 accumulate into d (N / 2 registers per thread), A and B
+// K-major in shared memory.
+DEV void gu_wgmma_n256(float* d, u64 da, u64 db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
@@ -55,6 +55,31 @@ DEV void gu_wgmma(float* d, u64 da, u64 db) {
         : "l"(da), "l"(db), "r"(1));
 }
 
+DEV void gu_wgmma_n128(float* d, u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+}
+
+template <int N>
+DEV void gu_wgmma(float* d, u64 da, u64 db) {
+    if (N == 256)
+        gu_wgmma_n256(d, da, db);
+    else
+        gu_wgmma_n128(d, da, db);
+}
+
 DEV void gu_tma_2d(u32 dst, const TmaDesc* map, u32 bar, int c0, int c1) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
@@ -69,19 +94,21 @@ DEV void gu_wait(u32 bar, u32 parity) {
 }
 #endif
 
-// NC consumer warpgroups; ST ring stages. Dynamic shared memory: ST * (NC * 8 KB + 32 KB)
-// + 1 KB (alignment to 1024 bytes for the swizzle) + 1 KB (barriers).
-template <int NC, int ST>
+// Dynamic shared memory: ST * (NC * 8 KB + BNO * 256 B) + 1 KB (alignment to 1024 bytes for
+// the swizzle) + 1 KB (barriers): 194 KB for (2, 128, 4), 162 KB for (3, 64, 4).
+template <int NC, int BNO, int ST>
 DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restrict__ h, int M,
                           int F, int K) {
 #if __CUDA_ARCH__ >= 900
     extern __shared__ unsigned char gu_smem[];
     constexpr u32 A_BYTES = NC * 64 * GU_BK * 2;
-    constexpr u32 STAGE = A_BYTES + GU_B_BYTES;
+    constexpr u32 B_BYTES = 2 * BNO * GU_BK * 2;  // the gate tile, then the up tile
+    constexpr u32 STAGE = A_BYTES + B_BYTES;
+    constexpr int NACC = BNO;  // accumulators per thread: m64n(2*BNO) / 128 threads
     const u32 base = (smem_u32(gu_smem) + 1023u) & ~1023u;
     const u32 bars = base + ST * STAGE;  // full[ST], then empty[ST], 8 bytes each
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
-    const int m0 = blockIdx.x * NC * 64, n0 = blockIdx.y * GU_BN;
+    const int m0 = blockIdx.x * NC * 64, n0 = blockIdx.y * BNO;
     const int kt = K / GU_BK;
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) {
@@ -106,33 +133,38 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
                              : "memory");
                 gu_tma_2d(a, tx, full, it * GU_BK, m0);
                 gu_tma_2d(b, tw, full, it * GU_BK, n0);
-                gu_tma_2d(b + GU_B_BYTES / 2, tw, full, it * GU_BK, F + n0);
+                gu_tma_2d(b + B_BYTES / 2, tw, full, it * GU_BK, F + n0);
             }
         }
         return;
     }
     const int c = wg - 1;  // consumer warpgroup: token rows m0 + 64c ...
-    float d[128];
+    float d[NACC];
 #pragma unroll
-    for (int i = 0; i < 128; i++) d[i] = 0.f;
+    for (int i = 0; i < NACC; i++) d[i] = 0.f;
+    // One wgmma group stays in flight: stage it's MMAs are issued before stage it-1's are
+    // waited for, and stage it-1 is released to the producer then.
     for (int it = 0; it < kt; it++) {
         const int s = it % ST;
         gu_wait(bars + 8 * s, (u32)((it / ST) & 1));
         const u32 a = base + s * STAGE + c * 64 * 128, b = base + s * STAGE + A_BYTES;
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int kk = 0; kk < GU_BK / 16; kk++) gu_wgmma(d, gu_desc(a + kk * 32), gu_desc(b + kk * 32));
+        for (int kk = 0; kk < GU_BK / 16; kk++) gu_wgmma<2 * BNO>(d, gu_desc(a + kk * 32), gu_desc(b + kk * 32));
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        // The accumulators are final only after the wait: tie every register to it, or the
-        // compiler may read them before (their last writer is the wgmma asm above).
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(d[i])::"memory");
-        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bars + 8 * (ST + s))
-                     : "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        if (it > 0)
+            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(
+                             bars + 8 * (ST + (it - 1) % ST))
+                         : "memory");
     }
-    // Accumulator fragment of m64n256: register 4j + 2i + e holds row 16*warp + lane/4 + 8i,
-    // column 8j + 2*(lane%4) + e; gate column j pairs with up column j + 16 (128 further).
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    // The accumulators are final only after the wait: tie every register to it, or the
+    // compiler may read them before (their last writer is the wgmma asm above).
+#pragma unroll
+    for (int i = 0; i < NACC; i++) asm volatile("" : "+f"(d[i])::"memory");
+    // Accumulator fragment of m64nN: register 4j + 2i + e holds row 16*warp + lane/4 + 8i,
+    // column 8j + 2*(lane%4) + e; gate column j pairs with up column j + BNO / 8 (BNO further).
     const int warp = t / 32, lane = t % 32;
     const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
 #pragma unroll
@@ -141,9 +173,9 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
         if (r >= M) continue;
         bf16_t* out = h + (size_t)r * F + n0 + 2 * (lane % 4);
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
+        for (int j = 0; j < BNO / 8; j++) {
             const float g0 = d[4 * j + 2 * i], g1 = d[4 * j + 2 * i + 1];
-            const float u0 = d[4 * (j + 16) + 2 * i], u1 = d[4 * (j + 16) + 2 * i + 1];
+            const float u0 = d[4 * (j + BNO / 8) + 2 * i], u1 = d[4 * (j + BNO / 8) + 2 * i + 1];
             const u32 lo = f2b(gelu_tanh(g0) * u0), hi = f2b(gelu_tanh(g1) * u1);
             *(u32*)(out + 8 * j) = lo | (hi << 16);
         }
@@ -153,11 +185,15 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
 #endif
 }
 
-#define GU_KERNEL(NAME, NC, ST)                                                                 \
+#define GU_KERNEL(NAME, NC, BNO, ST)                                                            \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1)                             \
         NAME(const __grid_constant__ TmaDesc tx, const __grid_constant__ TmaDesc tw,            \
              bf16_t* __restrict__ h, int M, int F, int K) {                                     \
-        gateup_gelu_body<NC, ST>(&tx, &tw, h, M, F, K);                                          \
+        gateup_gelu_body<NC, BNO, ST>(&tx, &tw, h, M, F, K);                                     \
     }
 
-GU_KERNEL(gateup_gelu_k, 2, 4)
+// 128 token rows x 128 output columns (m64n256: 128 accumulators, 168 registers at 384
+// threads); 192 x 64 (m64n128, 64 accumulators: 3 consumer warpgroups fit 128 registers), which
+// pads e.g. 532 rows (2 views + prompt 20) to 576 instead of 640.
+GU_KERNEL(gateup_gelu_k, 2, 128, 4)
+GU_KERNEL(gateup_gelu3_k, 3, 64, 4)

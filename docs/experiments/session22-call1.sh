@@ -6,7 +6,8 @@
 # pi0-bench-partition. Stop at the first failure: a wrong kernel has nothing to time.
 set -uo pipefail
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64"
-B=.carry; O=${OUT:-/tmp/l}; mkdir -p $O
+# Logs stay on the device (/tmp/l): only the printed lines come back.
+B=.carry; O=/tmp/l; mkdir -p $O
 nvidia-smi --query-gpu=name,pci.bus_id,driver_version --format=csv,noheader
 t0=$SECONDS
 timeout 120 $B/pi0_mps gpu_fused_gate_up --nocapture --test-threads=1 > $O/unit.log 2>&1; rc=$?
@@ -16,8 +17,10 @@ t0=$SECONDS
 PI0_LLM_MLP=fused timeout 120 $B/gpu_golden --nocapture --test-threads=1 > $O/golden.log 2>&1; rc=$?
 echo "== golden (fused) rc=$rc $((SECONDS-t0)) s"; grep -E "rel|test result|panicked" $O/golden.log | tail -8
 [ $rc = 0 ] || { tail -30 $O/golden.log; exit 1; }
-for v in cublaslt fused cublaslt fused; do
-  PI0_LLM_MLP=$v timeout 90 $B/pi0-bench --iterations 150 > $O/fw_$v.log 2>&1
+# fused: the CTA shape that pads 532 rows least (192 x 64); fused128: the 128 x 128 one.
+for v in cublaslt fused fused128 cublaslt fused fused128; do
+  env PI0_LLM_MLP=${v%128} $([ $v = fused128 ] && echo PI0_GATEUP_ROWS=128) \
+    timeout 90 $B/pi0-bench --iterations 150 > $O/fw_$v.log 2>&1
   echo "== forward $v rc=$?"; grep -E "^\| 2 \| 20 \| 50 " $O/fw_$v.log | head -2
 done
 for v in cublaslt fused cublaslt fused; do

@@ -278,6 +278,7 @@ kernels! {
     Flash128 = "flash_hd128_k",
     Flash256 = "flash_hd256_k",
     GateUpGelu = "gateup_gelu_k",
+    GateUpGelu3 = "gateup_gelu3_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.

@@ -588,11 +588,7 @@ impl Pi0Cuda {
             _ => opts.fused_llm_mlp,
         } && (major, minor) == (9, 0);
         if fused_llm_mlp {
-            kernels.set_max_smem(
-                K::GateUpGelu,
-                super::gateup::SMEM_BYTES as i32,
-                ctx.cu_device(),
-            )?;
+            super::gateup::prepare(&kernels, ctx.cu_device())?;
             log::info!("LLM MLP: fused gate|up + GELU·up kernel");
         }
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;
