@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 22 call 1: the fused gate|up + GELU·up kernel (kernels/gateup.cu, PI0_LLM_MLP=fused)
-# on its first GPU: its f64 unit test, the golden tests with it on, the forward's encoder with
-# and without it, then the six-way's 50-50 frame alternated (default, fused, default, fused).
+# on its first GPU: its f64 unit test, the three paths timed side by side at the real shape
+# (`pi0-bench --gate-up-study`), the golden tests with it on, the forward's encoder with and
+# without it, then the six-way's 50-50 frame alternated (default, fused, default, fused).
 # Binaries in .carry/: pi0_mps (the lib's unit tests), gpu_golden, pi0-bench,
 # pi0-bench-partition. Stop at the first failure: a wrong kernel has nothing to time.
 set -uo pipefail
@@ -13,6 +14,12 @@ t0=$SECONDS
 timeout 120 $B/pi0_mps gpu_fused_gate_up --nocapture --test-threads=1 > $O/unit.log 2>&1; rc=$?
 echo "== unit rc=$rc $((SECONDS-t0)) s"; grep -E "rel L2|test result|panicked|skipping" $O/unit.log
 [ $rc = 0 ] || { tail -30 $O/unit.log; exit 1; }
+t0=$SECONDS
+# The three paths side by side at the real shape (532 x 2048 -> 16384, every MLP layer's
+# weights in turn): µs per layer, and h against cuBLASLt's (the unfused path also rounds gate
+# and up to bf16: a few 1e-3 expected).
+timeout 120 $B/pi0-bench --iterations 20 --gate-up-study 20 --configs 2x20x50,1x20x50 > $O/study.log 2>&1
+echo "== gate-up study rc=$? $((SECONDS-t0)) s"; grep -E "^\| [0-9]x|rror" $O/study.log
 t0=$SECONDS
 PI0_LLM_MLP=fused timeout 120 $B/gpu_golden --nocapture --test-threads=1 > $O/golden.log 2>&1; rc=$?
 echo "== golden (fused) rc=$rc $((SECONDS-t0)) s"; grep -E "rel|test result|panicked" $O/golden.log | tail -8

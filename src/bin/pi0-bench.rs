@@ -57,6 +57,10 @@ struct Args {
     /// Candidates per shape for --lt-sweep (also asks the heuristic for that many).
     #[arg(long, default_value_t = 16)]
     lt_candidates: usize,
+    /// Study: time the LLM's gate|up + GELU·up N times per path (cuBLASLt + gelu_mul_k, each
+    /// shape of the fused Hopper kernel) on each configuration's prefix, and compare their h.
+    #[arg(long)]
+    gate_up_study: Option<usize>,
 }
 
 /// --lt-sweep: encoder and decoder GPU medians of `forward` with candidate i of each shape.
@@ -248,6 +252,16 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         };
         if let Some(shapes) = &args.lt_sweep {
             lt_sweep(&mut eng, shapes, args.lt_candidates, &input, &noise)?;
+        }
+        if let Some(n) = args.gate_up_study {
+            eng.forward(&input, &noise)?;
+            println!(
+                "\n| config | h = GELU(gate)·up path | µs per layer | h rel L2 vs cuBLASLt |"
+            );
+            println!("|---|---|---|---|");
+            for (path, us, rel) in eng.study_llm_gate_up(n)? {
+                println!("| {views}x{prompt}x{chunk} | {path} | {us:.1} | {rel:.2e} |");
+            }
         }
         rows.push((
             views,

@@ -73,8 +73,7 @@ impl DBuf {
         b.upload(data)?;
         Ok(b)
     }
-    /// The first `n` elements, copied back synchronously (GPU tests).
-    #[cfg(test)]
+    /// The first `n` elements, copied back synchronously (GPU tests and studies).
     pub fn download<T: Copy + Default>(&self, n: usize) -> Result<Vec<T>> {
         let mut out = vec![T::default(); n];
         if std::mem::size_of_val(out.as_slice()) > self.bytes {

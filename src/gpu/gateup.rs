@@ -154,7 +154,7 @@ pub(super) fn launch(
 
 /// `launch` with the kernel shape chosen by the caller.
 #[allow(clippy::too_many_arguments)]
-fn launch_variant(
+pub(super) fn launch_variant(
     kernels: &Kernels,
     v: Variant,
     stream: sys::CUstream,

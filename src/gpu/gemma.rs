@@ -246,3 +246,125 @@ impl Pi0Cuda {
         )
     }
 }
+
+/// One way to compute the LLM's h = GELU(gate) ⊙ up, for `study_llm_gate_up`.
+#[derive(Clone, Copy, Debug)]
+enum GateUpPath {
+    Cublaslt,
+    Fused(crate::gpu::gateup::Variant),
+}
+
+impl Pi0Cuda {
+    /// Study (`pi0-bench --gate-up-study N`): the LLM's gate|up projection and GELU·up on
+    /// prefix slot 0's last input (run `forward` first), every MLP layer's weights in turn, on
+    /// the engine's stream, `iters` times per path: cuBLASLt + gelu_mul_k, and on Hopper each
+    /// shape of the fused kernel. Returns (path, µs per layer, rel L2 of the last layer's h
+    /// against the cuBLASLt path's).
+    pub fn study_llm_gate_up(&self, iters: usize) -> Result<Vec<(String, f64, f64)>> {
+        use crate::gpu::gateup::{self, Variant};
+        let p = self.pslot(0)?;
+        let rows = self.prefix_len(0);
+        let (w, f) = (self.cfg.llm.width, self.cfg.llm.mlp_dim);
+        // The last LLM layer is uploaded K/V-only: it has no MLP weights.
+        let layers = &self.w.llm[..self.w.llm.len().saturating_sub(1)];
+        if rows == 0 || layers.is_empty() || iters == 0 {
+            return Err(Error::Input(
+                "gate|up study: run forward first (an empty prefix has no MLP rows)".into(),
+            ));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::Gpu(format!("bind context: {e:?}")))?;
+        let s = self.stream.cu_stream();
+        let handle = self.lt_handle()?;
+        let mut lt = p.lt.lock().unwrap();
+        let mut paths = vec![GateUpPath::Cublaslt];
+        if self.kernels.arch == "sm_90a" && gateup::covers(rows, w, f) {
+            gateup::prepare(&self.kernels, self.ctx.cu_device())?;
+            paths.extend(Variant::ALL.map(GateUpPath::Fused));
+        }
+        let mut run = |path: GateUpPath| -> Result<()> {
+            for l in layers {
+                match path {
+                    GateUpPath::Cublaslt => {
+                        let gate_up = Gemm::linear(rows, 2 * f, w);
+                        lt.matmul(
+                            &handle, s, gate_up, p.xln.ptr, l.gu_w.ptr, p.gu_l.ptr, 0, 1.0,
+                        )?;
+                        self.launch(
+                            s,
+                            false,
+                            K::GeluMul,
+                            (rows * f).div_ceil(8).div_ceil(256) as u32,
+                            256,
+                            0,
+                            &[
+                                A::P(p.gu_l.ptr),
+                                A::P(p.h_l.ptr),
+                                A::I(rows as i32),
+                                A::I(f as i32),
+                            ],
+                        )?;
+                    }
+                    GateUpPath::Fused(v) => gateup::launch_variant(
+                        &self.kernels,
+                        v,
+                        s,
+                        false,
+                        p.xln.ptr,
+                        rows,
+                        l.gu_w.ptr,
+                        w,
+                        f,
+                        p.h_l.ptr,
+                    )?,
+                }
+            }
+            Ok(())
+        };
+        let event = || {
+            drv(
+                self.ctx
+                    .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)),
+                "event",
+            )
+        };
+        let mut out = Vec::new();
+        let mut reference: Option<Vec<f64>> = None;
+        for path in paths {
+            run(path)?;
+            run(path)?;
+            let (a, b) = (event()?, event()?);
+            drv(a.record(&self.stream), "event")?;
+            for _ in 0..iters {
+                run(path)?;
+            }
+            drv(b.record(&self.stream), "event")?;
+            let ms = drv(a.elapsed_ms(&b), "elapsed")? as f64;
+            drv(self.stream.synchronize(), "synchronize")?;
+            let h: Vec<f64> = p
+                .h_l
+                .download::<u16>(rows * f)?
+                .iter()
+                .map(|&x| half::bf16::from_bits(x).to_f64())
+                .collect();
+            let rel = match &reference {
+                None => 0.0,
+                Some(r) => {
+                    let num: f64 = h.iter().zip(r).map(|(a, b)| (a - b).powi(2)).sum();
+                    let den: f64 = r.iter().map(|b| b * b).sum();
+                    (num / den).sqrt()
+                }
+            };
+            if h.iter().any(|x| !x.is_finite()) {
+                return Err(Error::Gpu(format!(
+                    "gate|up study: {path:?} wrote non-finite h"
+                )));
+            }
+            reference.get_or_insert(h);
+            let us = ms * 1e3 / (iters * layers.len()) as f64;
+            out.push((format!("{path:?}"), us, rel));
+        }
+        Ok(out)
+    }
+}
