@@ -88,6 +88,35 @@ DEV void gu_tma_2d(u32 dst, const TmaDesc* map, u32 bar, int c0, int c1) {
         : "memory");
 }
 
+// The same with multicast: the box lands at the same offset in every CTA of `mask` and
+// completes bytes on each one's barrier at `bar`.
+DEV void gu_tma_2d_multicast(u32 dst, const TmaDesc* map, u32 bar, int c0, int c1, unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+        "l"((u64)map), "r"(bar), "r"(c0), "r"(c1), "h"(mask)
+        : "memory");
+}
+
+DEV u32 gu_cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+// Every thread of every CTA in the cluster (not necessarily converged: flash.cu's
+// cluster_sync is the .aligned form).
+DEV void gu_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
+// The address of this CTA's shared variable `local` in the CTA of cluster rank `rank`.
+DEV u32 gu_mapa(u32 local, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+    return remote;
+}
+
 DEV void gu_wait(u32 bar, u32 parity) {
     while (!mbar_try_wait(bar, parity)) {
     }
@@ -96,7 +125,7 @@ DEV void gu_wait(u32 bar, u32 parity) {
 
 // Dynamic shared memory: ST * (NC * 8 KB + BNO * 256 B) + 1 KB (alignment to 1024 bytes for
 // the swizzle) + 1 KB (barriers): 194 KB for (2, 128, 4), 162 KB for (3, 64, 4).
-template <int NC, int BNO, int ST>
+template <int NC, int BNO, int ST, int CY>
 DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restrict__ h, int M,
                           int F, int K) {
 #if __CUDA_ARCH__ >= 900
@@ -110,16 +139,24 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
     const int m0 = blockIdx.x * NC * 64, n0 = blockIdx.y * BNO;
     const int kt = K / GU_BK;
+    // With clusters (CY > 1: CY CTAs of consecutive column tiles, the same token rows) each
+    // CTA loads 1/CY of the X tile and multicasts it to all, so X leaves the L2 once per
+    // cluster; a stage is then free only when every CTA of the cluster has read it.
+    const u32 rank = CY > 1 ? gu_cluster_rank() : 0;
     if (threadIdx.x == 0) {
         for (int s = 0; s < ST; s++) {
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bars + 8 * s));
-            // Every consumer thread releases a stage once its own wgmma reads are done.
+            // Without clusters every consumer thread releases a stage once its own wgmma
+            // reads are done; with them one lane per consumer warp of each CTA does.
             asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bars + 8 * (ST + s)),
-                         "r"(NC * 128));
+                         "r"(CY > 1 ? CY * NC * 4 : NC * 128));
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads();
+    if (CY > 1)
+        gu_cluster_sync();  // peers' barriers are initialised before anyone signals them
+    else
+        __syncthreads();
     pdl_wait();  // X is the previous kernel's output
     pdl_trigger();
     if (wg == 0) {
@@ -131,11 +168,18 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
                 asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(full),
                              "r"(STAGE)
                              : "memory");
-                gu_tma_2d(a, tx, full, it * GU_BK, m0);
+                if (CY > 1) {
+                    constexpr int SLICE = NC * 64 / CY;  // X rows this CTA loads for all
+                    gu_tma_2d_multicast(a + rank * SLICE * 128, tx, full, it * GU_BK,
+                                        m0 + (int)rank * SLICE, (unsigned short)((1u << CY) - 1));
+                } else {
+                    gu_tma_2d(a, tx, full, it * GU_BK, m0);
+                }
                 gu_tma_2d(b, tw, full, it * GU_BK, n0);
                 gu_tma_2d(b + B_BYTES / 2, tw, full, it * GU_BK, F + n0);
             }
         }
+        if (CY > 1) gu_cluster_sync();  // stay until no peer can signal this CTA's barriers
         return;
     }
     const int c = wg - 1;  // consumer warpgroup: token rows m0 + 64c ...
@@ -153,10 +197,16 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
         for (int kk = 0; kk < GU_BK / 16; kk++) gu_wgmma<2 * BNO>(d, gu_desc(a + kk * 32), gu_desc(b + kk * 32));
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-        if (it > 0)
-            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(
-                             bars + 8 * (ST + (it - 1) % ST))
-                         : "memory");
+        if (it > 0) {
+            const u32 empty = bars + 8 * (ST + (it - 1) % ST);
+            if (CY == 1)
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(empty) : "memory");
+            else if ((t & 31) < CY)  // lane j of each warp releases the stage in CTA j
+                asm volatile(
+                    "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(
+                        gu_mapa(empty, t & 31))
+                    : "memory");
+        }
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     // The accumulators are final only after the wait: tie every register to it, or the
@@ -180,20 +230,24 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
             *(u32*)(out + 8 * j) = lo | (hi << 16);
         }
     }
+    if (CY > 1) gu_cluster_sync();
 #else
     __trap();  // launched only on Hopper (src/gpu/gateup.rs)
 #endif
 }
 
-#define GU_KERNEL(NAME, NC, BNO, ST)                                                            \
+#define GU_KERNEL(NAME, NC, BNO, ST, CY)                                                        \
     extern "C" __global__ void __launch_bounds__(128 * (NC + 1), 1)                             \
         NAME(const __grid_constant__ TmaDesc tx, const __grid_constant__ TmaDesc tw,            \
              bf16_t* __restrict__ h, int M, int F, int K) {                                     \
-        gateup_gelu_body<NC, BNO, ST>(&tx, &tw, h, M, F, K);                                     \
+        gateup_gelu_body<NC, BNO, ST, CY>(&tx, &tw, h, M, F, K);                                 \
     }
 
 // 128 token rows x 128 output columns (m64n256: 128 accumulators, 168 registers at 384
 // threads); 192 x 64 (m64n128, 64 accumulators: 3 consumer warpgroups fit 128 registers), which
-// pads e.g. 532 rows (2 views + prompt 20) to 576 instead of 640.
-GU_KERNEL(gateup_gelu_k, 2, 128, 4)
-GU_KERNEL(gateup_gelu3_k, 3, 64, 4)
+// pads e.g. 532 rows (2 views + prompt 20) to 576 instead of 640; the 192 x 64 shape in
+// clusters of 2 and 4 CTAs along the columns that share the X tile by multicast.
+GU_KERNEL(gateup_gelu_k, 2, 128, 4, 1)
+GU_KERNEL(gateup_gelu3_k, 3, 64, 4, 1)
+GU_KERNEL(gateup_gelu3_c2_k, 3, 64, 4, 2)
+GU_KERNEL(gateup_gelu3_c4_k, 3, 64, 4, 4)

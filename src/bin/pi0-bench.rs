@@ -255,9 +255,7 @@ fn run(args: &Args) -> pi0_mps::Result<()> {
         }
         if let Some(n) = args.gate_up_study {
             eng.forward(&input, &noise)?;
-            println!(
-                "\n| config | h = GELU(gate)·up path | µs per layer | h rel L2 vs cuBLASLt |"
-            );
+            println!("\n| config | h = GELU(gate)·up path | µs per layer | h rel L2 vs cuBLASLt |");
             println!("|---|---|---|---|");
             for (path, us, rel) in eng.study_llm_gate_up(n)? {
                 println!("| {views}x{prompt}x{chunk} | {path} | {us:.1} | {rel:.2e} |");

@@ -278,6 +278,8 @@ kernels! {
     Flash256 = "flash_hd256_k",
     GateUpGelu = "gateup_gelu_k",
     GateUpGelu3 = "gateup_gelu3_k",
+    GateUpGelu3C2 = "gateup_gelu3_c2_k",
+    GateUpGelu3C4 = "gateup_gelu3_c4_k",
 }
 
 /// The CUDA sources, concatenated in this order for one NVRTC compilation.
@@ -526,6 +528,22 @@ impl Kernels {
         pdl: bool,
         cluster: u32,
     ) -> Result<()> {
+        self.launch_cluster_dims(k, grid, block, smem, stream, args, pdl, (cluster, 1, 1))
+    }
+
+    /// `launch_ex` with thread-block clusters of `cluster` = (x, y, z) CTAs ((1, 1, 1): none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_cluster_dims(
+        &self,
+        k: K,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        stream: sys::CUstream,
+        args: &[A],
+        pdl: bool,
+        cluster: (u32, u32, u32),
+    ) -> Result<()> {
         let mut store: Vec<u64> = args
             .iter()
             .map(|a| match *a {
@@ -563,13 +581,13 @@ impl Kernels {
             attr.value.programmaticStreamSerializationAllowed = 1;
             attrs.push(attr);
         }
-        if cluster > 1 {
+        if cluster != (1, 1, 1) {
             // SAFETY: as above.
             let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
             attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attr.value.clusterDim.x = cluster;
-            attr.value.clusterDim.y = 1;
-            attr.value.clusterDim.z = 1;
+            attr.value.clusterDim.x = cluster.0;
+            attr.value.clusterDim.y = cluster.1;
+            attr.value.clusterDim.z = cluster.2;
             attrs.push(attr);
         }
         let cfg = sys::CUlaunchConfig {

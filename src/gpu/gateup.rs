@@ -13,22 +13,29 @@ use crate::error::{Error, Result};
 const BK: usize = 64;
 const STAGES: usize = 4;
 
-/// The kernel's two shapes (`GU_KERNEL(gateup_gelu_k, 2, 128, 4)`,
-/// `GU_KERNEL(gateup_gelu3_k, 3, 64, 4)`): 2 consumer warpgroups of 64 token rows × 128 output
-/// columns, or 3 × 64 columns.
+/// The kernel's shapes (kernels/gateup.cu `GU_KERNEL`): 2 consumer warpgroups of 64 token
+/// rows × 128 output columns, or 3 × 64 columns, the latter also in clusters of 2 or 4 CTAs
+/// along the columns that share the X tile by TMA multicast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Variant {
     Rows128,
     Rows192,
+    Rows192Cluster2,
+    Rows192Cluster4,
 }
 
 impl Variant {
-    pub(super) const ALL: [Variant; 2] = [Variant::Rows128, Variant::Rows192];
+    pub(super) const ALL: [Variant; 4] = [
+        Variant::Rows128,
+        Variant::Rows192,
+        Variant::Rows192Cluster2,
+        Variant::Rows192Cluster4,
+    ];
 
     fn consumers(self) -> usize {
         match self {
             Variant::Rows128 => 2,
-            Variant::Rows192 => 3,
+            _ => 3,
         }
     }
 
@@ -41,7 +48,16 @@ impl Variant {
     fn columns(self) -> usize {
         match self {
             Variant::Rows128 => 128,
-            Variant::Rows192 => 64,
+            _ => 64,
+        }
+    }
+
+    /// CTAs per cluster, along the column tiles.
+    fn cluster(self) -> usize {
+        match self {
+            Variant::Rows192Cluster2 => 2,
+            Variant::Rows192Cluster4 => 4,
+            _ => 1,
         }
     }
 
@@ -49,6 +65,8 @@ impl Variant {
         match self {
             Variant::Rows128 => K::GateUpGelu,
             Variant::Rows192 => K::GateUpGelu3,
+            Variant::Rows192Cluster2 => K::GateUpGelu3C2,
+            Variant::Rows192Cluster4 => K::GateUpGelu3C4,
         }
     }
 
@@ -58,13 +76,27 @@ impl Variant {
         STAGES * (self.rows() * BK * 2 + 2 * self.columns() * BK * 2) + 2048
     }
 
-    /// The shape that pads `rows` least (ties: the smaller CTA); `PI0_GATEUP_ROWS=128|192`
-    /// forces one (a study knob).
-    fn for_rows(rows: usize) -> Variant {
-        match std::env::var("PI0_GATEUP_ROWS").as_deref() {
-            Ok("128") => return Variant::Rows128,
-            Ok("192") => return Variant::Rows192,
-            _ => {}
+    /// Whether this shape tiles a hidden width of `f` (whole clusters of column tiles).
+    pub(super) fn tiles(self, f: usize) -> bool {
+        f % (self.columns() * self.cluster()) == 0
+    }
+
+    /// The unclustered shape that pads `rows` least (ties: the smaller CTA). Study knobs:
+    /// `PI0_GATEUP_ROWS=128|192` forces a shape, `PI0_GATEUP_CLUSTER=2|4` the 192-row shape
+    /// in clusters of that many CTAs.
+    fn choose(rows: usize, f: usize) -> Variant {
+        let forced = match (
+            std::env::var("PI0_GATEUP_CLUSTER").as_deref(),
+            std::env::var("PI0_GATEUP_ROWS").as_deref(),
+        ) {
+            (Ok("2"), _) => Some(Variant::Rows192Cluster2),
+            (Ok("4"), _) => Some(Variant::Rows192Cluster4),
+            (_, Ok("128")) => Some(Variant::Rows128),
+            (_, Ok("192")) => Some(Variant::Rows192),
+            _ => None,
+        };
+        if let Some(v) = forced.filter(|v| v.tiles(f)) {
+            return v;
         }
         let padded = |v: Variant| rows.div_ceil(v.rows()) * v.rows();
         if padded(Variant::Rows192) < padded(Variant::Rows128) {
@@ -75,7 +107,7 @@ impl Variant {
     }
 }
 
-/// Raises both kernels' dynamic shared memory limit on `dev`.
+/// Raises every shape's dynamic shared memory limit on `dev`.
 pub(super) fn prepare(kernels: &Kernels, dev: sys::CUdevice) -> Result<()> {
     for v in Variant::ALL {
         kernels.set_max_smem(v.kernel(), v.smem_bytes() as i32, dev)?;
@@ -133,14 +165,9 @@ pub(super) fn launch(
     f: usize,
     h: u64,
 ) -> Result<()> {
-    if !covers(rows, width, f) {
-        return Err(Error::Gpu(format!(
-            "fused gate|up: {rows} rows, width {width}, hidden {f} not covered"
-        )));
-    }
     launch_variant(
         kernels,
-        Variant::for_rows(rows),
+        Variant::choose(rows, f),
         stream,
         pdl,
         x,
@@ -166,9 +193,15 @@ pub(super) fn launch_variant(
     f: usize,
     h: u64,
 ) -> Result<()> {
-    let tx = tensor_map(x, width, rows, v.rows())?;
+    if !(covers(rows, width, f) && v.tiles(f)) {
+        return Err(Error::Gpu(format!(
+            "fused gate|up {v:?}: {rows} rows, width {width}, hidden {f} not covered"
+        )));
+    }
+    // In a cluster each CTA loads its 1/cluster share of the X rows for all.
+    let tx = tensor_map(x, width, rows, v.rows() / v.cluster())?;
     let tw = tensor_map(w, width, 2 * f, v.columns())?;
-    kernels.launch_ex(
+    kernels.launch_cluster_dims(
         v.kernel(),
         (rows.div_ceil(v.rows()) as u32, (f / v.columns()) as u32, 1),
         (128 * (v.consumers() + 1)) as u32,
@@ -183,6 +216,7 @@ pub(super) fn launch_variant(
             A::I(width as i32),
         ],
         pdl,
+        (1, v.cluster() as u32, 1),
     )
 }
 
@@ -289,7 +323,7 @@ mod tests {
         // tile in both shapes) with a narrow hidden width to keep the f64 reference short; a
         // full and a partial tile; a single k stage.
         for v in Variant::ALL {
-            for shape in [(532, 2048, 256), (200, 512, 384), (128, 64, 128)] {
+            for shape in [(532, 2048, 256), (200, 512, 512), (128, 64, 256)] {
                 check(&kernels, stream.cu_stream(), v, shape);
             }
         }
@@ -297,16 +331,23 @@ mod tests {
 
     #[test]
     fn the_shape_that_pads_least_is_chosen() {
-        if std::env::var_os("PI0_GATEUP_ROWS").is_some() {
+        if std::env::var_os("PI0_GATEUP_ROWS").is_some()
+            || std::env::var_os("PI0_GATEUP_CLUSTER").is_some()
+        {
             return;
         }
         // 2 views + prompt 20: 576 rows in 192-row tiles against 640 in 128-row ones.
-        assert_eq!(Variant::for_rows(532), Variant::Rows192);
+        assert_eq!(Variant::choose(532, 16384), Variant::Rows192);
         // 1 view + prompt 20 (276): 384 both ways; the smaller CTA wins the tie.
-        assert_eq!(Variant::for_rows(276), Variant::Rows128);
+        assert_eq!(Variant::choose(276, 16384), Variant::Rows128);
         // 3 views + prompt 48 (816): 896 against 960.
-        assert_eq!(Variant::for_rows(816), Variant::Rows128);
-        assert!(Variant::Rows192.smem_bytes() <= 227 * 1024);
+        assert_eq!(Variant::choose(816, 16384), Variant::Rows128);
+        for v in Variant::ALL {
+            assert!(v.smem_bytes() <= 227 * 1024, "{v:?}");
+            assert!(v.tiles(16384), "{v:?}");
+        }
+        // A cluster of 4 needs whole groups of 4 column tiles of 64.
+        assert!(!Variant::Rows192Cluster4.tiles(128));
     }
 
     #[test]

@@ -281,7 +281,12 @@ impl Pi0Cuda {
         let mut paths = vec![GateUpPath::Cublaslt];
         if self.kernels.arch == "sm_90a" && gateup::covers(rows, w, f) {
             gateup::prepare(&self.kernels, self.ctx.cu_device())?;
-            paths.extend(Variant::ALL.map(GateUpPath::Fused));
+            paths.extend(
+                Variant::ALL
+                    .into_iter()
+                    .filter(|v| v.tiles(f))
+                    .map(GateUpPath::Fused),
+            );
         }
         let mut run = |path: GateUpPath| -> Result<()> {
             for l in layers {
