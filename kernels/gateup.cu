@@ -20,7 +20,8 @@ struct __align__(64) TmaDesc {
     u64 v[16];
 };
 
-#if __CUDA_ARCH__ >= 900
+// wgmma exists on sm_90a only (not on Blackwell, whose __CUDA_ARCH__ is also >= 900).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // wgmma shared-memory descriptor of a K-major tile with 128-byte swizzle: 8-row core groups
 // 1024 bytes apart (SBO), LBO unused (1), base 1024-aligned.
 DEV u64 gu_desc(u32 saddr) {
@@ -128,7 +129,7 @@ DEV void gu_wait(u32 bar, u32 parity) {
 template <int NC, int BNO, int ST, int CY>
 DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restrict__ h, int M,
                           int F, int K) {
-#if __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char gu_smem[];
     constexpr u32 A_BYTES = NC * 64 * GU_BK * 2;
     constexpr u32 B_BYTES = 2 * BNO * GU_BK * 2;  // the gate tile, then the up tile
@@ -232,7 +233,7 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
     }
     if (CY > 1) gu_cluster_sync();
 #else
-    __trap();  // launched only on Hopper (src/gpu/gateup.rs)
+    __trap();  // launched only on sm_90 (src/gpu/gateup.rs)
 #endif
 }
 

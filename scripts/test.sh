@@ -3,7 +3,7 @@
 # 1. Rust toolchain checks: rustfmt, clippy (-D warnings), rustdoc (-D warnings), cargo test
 #    (unit, golden, bag, checkpoint, pipeline tests; GPU tests skip with a message when no GPU
 #    is present), and
-#    every CUDA source compiled by NVRTC for sm_80-sm_90a (tests/kernels_compile.rs; the
+#    every CUDA source compiled by NVRTC for sm_80-sm_120 (tests/kernels_compile.rs; the
 #    library comes from a PyPI wheel, scripts/nvrtc-env.sh: no GPU needed).
 # 2. The ROS 2 node built against the ROS 2 Jazzy wheels from PyPI, and its integration tests
 #    in a loopback-only network namespace (scripts/ros-test.sh).

@@ -582,11 +582,17 @@ impl Pi0Cuda {
             opts.expert_f16 && std::env::var("PI0_EXPERT_F16").map_or(true, |v| v != "0");
         let w = Weights::load(cfg, src, streaming, expert_f16)?;
         // PI0_LLM_MLP=fused / =cublaslt: the fused gate|up kernel on or off (a study knob).
-        let fused_llm_mlp = match std::env::var("PI0_LLM_MLP").as_deref() {
+        let fused_llm_mlp_asked = match std::env::var("PI0_LLM_MLP").as_deref() {
             Ok("fused") => true,
             Ok("cublaslt") => false,
             _ => opts.fused_llm_mlp,
-        } && (major, minor) == (9, 0);
+        };
+        let fused_llm_mlp = fused_llm_mlp_asked && (major, minor) == (9, 0);
+        if fused_llm_mlp_asked && !fused_llm_mlp {
+            log::warn!(
+                "fused LLM MLP asked for, but its kernel needs compute capability 9.0 (this GPU: {major}.{minor}): cuBLASLt instead"
+            );
+        }
         if fused_llm_mlp {
             super::gateup::prepare(&kernels, ctx.cu_device())?;
             log::info!("LLM MLP: fused gate|up + GELU·up kernel");
