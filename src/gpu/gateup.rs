@@ -151,48 +151,44 @@ fn tensor_map(base: u64, inner: usize, rows: usize, box_rows: usize) -> Result<T
     Ok(map)
 }
 
-/// Enqueues h[rows][f] = gelu_tanh(x·Wgᵀ) ⊙ (x·Wuᵀ) on `stream`, where x is `[rows][width]`
-/// bf16 and `w` the `[2f][width]` gate|up weight (gate rows first), both bf16.
-#[allow(clippy::too_many_arguments)]
+/// One h = gelu_tanh(x·Wgᵀ) ⊙ (x·Wuᵀ): x is `[rows][width]` bf16, `w` the `[2f][width]`
+/// gate|up weight (gate rows first), h `[rows][f]` bf16 (device pointers).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Problem {
+    pub x: u64,
+    pub rows: usize,
+    pub w: u64,
+    pub width: usize,
+    pub f: usize,
+    pub h: u64,
+}
+
+/// Enqueues `p` on `stream` with the shape `Variant::choose` picks.
 pub(super) fn launch(
     kernels: &Kernels,
     stream: sys::CUstream,
     pdl: bool,
-    x: u64,
-    rows: usize,
-    w: u64,
-    width: usize,
-    f: usize,
-    h: u64,
+    p: &Problem,
 ) -> Result<()> {
-    launch_variant(
-        kernels,
-        Variant::choose(rows, f),
-        stream,
-        pdl,
+    launch_variant(kernels, Variant::choose(p.rows, p.f), stream, pdl, p)
+}
+
+/// `launch` with the kernel shape chosen by the caller.
+pub(super) fn launch_variant(
+    kernels: &Kernels,
+    v: Variant,
+    stream: sys::CUstream,
+    pdl: bool,
+    p: &Problem,
+) -> Result<()> {
+    let Problem {
         x,
         rows,
         w,
         width,
         f,
         h,
-    )
-}
-
-/// `launch` with the kernel shape chosen by the caller.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn launch_variant(
-    kernels: &Kernels,
-    v: Variant,
-    stream: sys::CUstream,
-    pdl: bool,
-    x: u64,
-    rows: usize,
-    w: u64,
-    width: usize,
-    f: usize,
-    h: u64,
-) -> Result<()> {
+    } = *p;
     if !(covers(rows, width, f) && v.tiles(f)) {
         return Err(Error::Gpu(format!(
             "fused gate|up {v:?}: {rows} rows, width {width}, hidden {f} not covered"
@@ -271,10 +267,15 @@ mod tests {
         cu(unsafe { sys::cuCtxSynchronize() }, "sync").unwrap();
         let mut runs = Vec::new();
         for _ in 0..2 {
-            launch(
-                kernels, stream, false, dx.ptr, rows, dw.ptr, width, f, dh.ptr,
-            )
-            .unwrap();
+            let p = Problem {
+                x: dx.ptr,
+                rows,
+                w: dw.ptr,
+                width,
+                f,
+                h: dh.ptr,
+            };
+            launch_variant(kernels, v, stream, false, &p).unwrap();
             // SAFETY: plain stream synchronisation.
             cu(unsafe { sys::cuStreamSynchronize(stream) }, "sync").unwrap();
             runs.push(dh.download::<u16>(rows * f).unwrap());

@@ -54,17 +54,15 @@ impl Pi0Cuda {
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
         rms(l.post.ptr)?;
         if self.fused_llm_mlp && crate::gpu::gateup::covers(rows, w, f) {
-            crate::gpu::gateup::launch(
-                &self.kernels,
-                s,
-                lt.pdl_all,
-                b.xn,
+            let p = crate::gpu::gateup::Problem {
+                x: b.xn,
                 rows,
-                l.gu_w.ptr,
-                w,
+                w: l.gu_w.ptr,
+                width: w,
                 f,
-                b.h,
-            )?;
+                h: b.h,
+            };
+            crate::gpu::gateup::launch(&self.kernels, s, lt.pdl_all, &p)?;
         } else {
             let gate_up = Gemm::linear(rows, 2 * f, w);
             lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
@@ -311,18 +309,17 @@ impl Pi0Cuda {
                             ],
                         )?;
                     }
-                    GateUpPath::Fused(v) => gateup::launch_variant(
-                        &self.kernels,
-                        v,
-                        s,
-                        false,
-                        p.xln.ptr,
-                        rows,
-                        l.gu_w.ptr,
-                        w,
-                        f,
-                        p.h_l.ptr,
-                    )?,
+                    GateUpPath::Fused(v) => {
+                        let problem = gateup::Problem {
+                            x: p.xln.ptr,
+                            rows,
+                            w: l.gu_w.ptr,
+                            width: w,
+                            f,
+                            h: p.h_l.ptr,
+                        };
+                        gateup::launch_variant(&self.kernels, v, s, false, &problem)?
+                    }
                 }
             }
             Ok(())
