@@ -158,17 +158,30 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
         gu_cluster_sync();  // peers' barriers are initialised before anyone signals them
     else
         __syncthreads();
-    pdl_wait();  // X is the previous kernel's output
     pdl_trigger();
     if (wg == 0) {
         if (t == 0) {
-            for (int it = 0; it < kt; it++) {
-                const int s = it % ST;
-                if (it >= ST) gu_wait(bars + 8 * (ST + s), (u32)((it / ST - 1) & 1));
-                const u32 full = bars + 8 * s, a = base + s * STAGE, b = a + A_BYTES;
+            // Stage `it`'s weight tiles, with the stage's whole byte count announced.
+            auto load_w = [&](int it) {
+                const u32 full = bars + 8 * (it % ST), b = base + (it % ST) * STAGE + A_BYTES;
                 asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(full),
                              "r"(STAGE)
                              : "memory");
+                gu_tma_2d(b, tw, full, it * GU_BK, n0);
+                gu_tma_2d(b + B_BYTES / 2, tw, full, it * GU_BK, F + n0);
+            };
+            // The weights do not depend on the kernel before (programmatic dependent launch):
+            // the first ring's weight tiles are requested before waiting for it, X after.
+            const int pre = kt < ST ? kt : ST;
+            for (int it = 0; it < pre; it++) load_w(it);
+            pdl_wait();  // X is the previous kernel's output
+            for (int it = 0; it < kt; it++) {
+                const int s = it % ST;
+                if (it >= ST) {
+                    gu_wait(bars + 8 * (ST + s), (u32)((it / ST - 1) & 1));
+                    load_w(it);
+                }
+                const u32 full = bars + 8 * s, a = base + s * STAGE;
                 if (CY > 1) {
                     constexpr int SLICE = NC * 64 / CY;  // X rows this CTA loads for all
                     gu_tma_2d_multicast(a + rank * SLICE * 128, tx, full, it * GU_BK,
@@ -176,8 +189,6 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
                 } else {
                     gu_tma_2d(a, tx, full, it * GU_BK, m0);
                 }
-                gu_tma_2d(b, tw, full, it * GU_BK, n0);
-                gu_tma_2d(b + B_BYTES / 2, tw, full, it * GU_BK, F + n0);
             }
         }
         if (CY > 1) gu_cluster_sync();  // stay until no peer can signal this CTA's barriers
@@ -214,6 +225,7 @@ DEV void gateup_gelu_body(const TmaDesc* tx, const TmaDesc* tw, bf16_t* __restri
     // compiler may read them before (their last writer is the wgmma asm above).
 #pragma unroll
     for (int i = 0; i < NACC; i++) asm volatile("" : "+f"(d[i])::"memory");
+    pdl_wait();  // before the first global write (h may still be read by a kernel before)
     // Accumulator fragment of m64nN: register 4j + 2i + e holds row 16*warp + lane/4 + 8i,
     // column 8j + 2*(lane%4) + e; gate column j pairs with up column j + BNO / 8 (BNO further).
     const int warp = t / 32, lane = t % 32;
