@@ -511,29 +511,13 @@ impl Kernels {
         args: &[A],
         pdl: bool,
     ) -> Result<()> {
-        self.launch_cluster(k, grid, block, smem, stream, args, pdl, 1)
+        self.launch_cluster(k, grid, block, smem, stream, args, pdl, (1, 1, 1))
     }
 
-    /// `launch_ex` with thread-block clusters of `cluster` CTAs along x (Hopper and newer;
-    /// 1: no cluster).
+    /// `launch_ex` with thread-block clusters of `cluster` = (x, y, z) CTAs (Hopper and newer;
+    /// (1, 1, 1): no cluster).
     #[allow(clippy::too_many_arguments)]
     pub fn launch_cluster(
-        &self,
-        k: K,
-        grid: (u32, u32, u32),
-        block: u32,
-        smem: u32,
-        stream: sys::CUstream,
-        args: &[A],
-        pdl: bool,
-        cluster: u32,
-    ) -> Result<()> {
-        self.launch_cluster_dims(k, grid, block, smem, stream, args, pdl, (cluster, 1, 1))
-    }
-
-    /// `launch_ex` with thread-block clusters of `cluster` = (x, y, z) CTAs ((1, 1, 1): none).
-    #[allow(clippy::too_many_arguments)]
-    pub fn launch_cluster_dims(
         &self,
         k: K,
         grid: (u32, u32, u32),

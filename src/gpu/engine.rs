@@ -587,14 +587,17 @@ impl Pi0Cuda {
             Ok("cublaslt") => false,
             _ => opts.fused_llm_mlp,
         };
-        let fused_llm_mlp = fused_llm_mlp_asked && (major, minor) == (9, 0);
+        let fused_llm_mlp = fused_llm_mlp_asked && super::gateup::supported(&kernels);
         if fused_llm_mlp_asked && !fused_llm_mlp {
             log::warn!(
                 "fused LLM MLP asked for, but its kernel needs compute capability 9.0 (this GPU: {major}.{minor}): cuBLASLt instead"
             );
         }
-        if fused_llm_mlp {
+        if super::gateup::supported(&kernels) {
+            // Also for `study_llm_gate_up`, which runs the kernel whether or not it is on.
             super::gateup::prepare(&kernels, ctx.cu_device())?;
+        }
+        if fused_llm_mlp {
             log::info!("LLM MLP: fused gate|up + GELU·up kernel");
         }
         let smem_row = 4 * cfg.vision.width.max(cfg.llm.width).max(cfg.expert.width) as i32;

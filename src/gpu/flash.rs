@@ -140,7 +140,7 @@ pub(super) fn launch(
             A::I(splits as i32),
         ],
         pdl,
-        splits as u32,
+        (splits as u32, 1, 1),
     )
 }
 

@@ -84,7 +84,7 @@ impl Variant {
     /// The unclustered shape that pads `rows` least (ties: the smaller CTA). Study knobs:
     /// `PI0_GATEUP_ROWS=128|192` forces a shape, `PI0_GATEUP_CLUSTER=2|4` the 192-row shape
     /// in clusters of that many CTAs.
-    fn choose(rows: usize, f: usize) -> Variant {
+    pub(super) fn choose(rows: usize, f: usize) -> Variant {
         let forced = match (
             std::env::var("PI0_GATEUP_CLUSTER").as_deref(),
             std::env::var("PI0_GATEUP_ROWS").as_deref(),
@@ -105,6 +105,12 @@ impl Variant {
             Variant::Rows128
         }
     }
+}
+
+/// Whether `kernels` hold the real kernel: it uses wgmma, so only an sm_90a build does (on
+/// other GPUs its body is a trap).
+pub(super) fn supported(kernels: &Kernels) -> bool {
+    kernels.arch == "sm_90a"
 }
 
 /// Raises every shape's dynamic shared memory limit on `dev`.
@@ -163,18 +169,8 @@ pub(super) struct Problem {
     pub h: u64,
 }
 
-/// Enqueues `p` on `stream` with the shape `Variant::choose` picks.
+/// Enqueues `p` on `stream` as kernel shape `v` (`Variant::choose` picks the default).
 pub(super) fn launch(
-    kernels: &Kernels,
-    stream: sys::CUstream,
-    pdl: bool,
-    p: &Problem,
-) -> Result<()> {
-    launch_variant(kernels, Variant::choose(p.rows, p.f), stream, pdl, p)
-}
-
-/// `launch` with the kernel shape chosen by the caller.
-pub(super) fn launch_variant(
     kernels: &Kernels,
     v: Variant,
     stream: sys::CUstream,
@@ -197,7 +193,7 @@ pub(super) fn launch_variant(
     // In a cluster each CTA loads its 1/cluster share of the X rows for all.
     let tx = tensor_map(x, width, rows, v.rows() / v.cluster())?;
     let tw = tensor_map(w, width, 2 * f, v.columns())?;
-    kernels.launch_cluster_dims(
+    kernels.launch_cluster(
         v.kernel(),
         (rows.div_ceil(v.rows()) as u32, (f / v.columns()) as u32, 1),
         (128 * (v.consumers() + 1)) as u32,
@@ -275,7 +271,7 @@ mod tests {
                 f,
                 h: dh.ptr,
             };
-            launch_variant(kernels, v, stream, false, &p).unwrap();
+            launch(kernels, v, stream, false, &p).unwrap();
             // SAFETY: plain stream synchronisation.
             cu(unsafe { sys::cuStreamSynchronize(stream) }, "sync").unwrap();
             runs.push(dh.download::<u16>(rows * f).unwrap());
@@ -314,8 +310,8 @@ mod tests {
         let Some((ctx, kernels)) = crate::gpu::device::test_kernels(test) else {
             return;
         };
-        if ctx.compute_capability().unwrap().0 != 9 {
-            println!("skipping {test}: the kernel uses wgmma (compute capability 9.0 only)");
+        if !supported(&kernels) {
+            println!("skipping {test}: the kernel uses wgmma (sm_90a builds only)");
             return;
         }
         prepare(&kernels, ctx.cu_device()).unwrap();

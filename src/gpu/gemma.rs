@@ -2,6 +2,7 @@
 //! attention), shared by the LLM over the prefix and the action expert over the suffix.
 
 use super::*;
+use crate::gpu::gateup::{self, Problem, Variant};
 
 impl Pi0Cuda {
     /// One Gemma block on `rows` tokens, shared by the LLM (prefix) and the action expert
@@ -53,30 +54,20 @@ impl Pi0Cuda {
         let residual = |k: usize| Gemm::linear(rows, w, k).residual().f32out();
         lt.matmul(h, s, residual(hh * hd), b.attn, l.o_w.ptr, b.x, 0, 1.0)?;
         rms(l.post.ptr)?;
-        if self.fused_llm_mlp && crate::gpu::gateup::covers(rows, w, f) {
-            let p = crate::gpu::gateup::Problem {
-                x: b.xn,
-                rows,
-                w: l.gu_w.ptr,
-                width: w,
-                f,
-                h: b.h,
-            };
-            crate::gpu::gateup::launch(&self.kernels, s, lt.pdl_all, &p)?;
+        let mlp_in = Problem {
+            x: b.xn,
+            rows,
+            w: l.gu_w.ptr,
+            width: w,
+            f,
+            h: b.h,
+        };
+        let path = if self.fused_llm_mlp && gateup::covers(rows, w, f) {
+            GateUpPath::Fused(Variant::choose(rows, f))
         } else {
-            let gate_up = Gemm::linear(rows, 2 * f, w);
-            lt.matmul(h, s, gate_up, b.xn, l.gu_w.ptr, b.gu, 0, 1.0)?;
-            let n8 = (rows * f).div_ceil(8);
-            self.launch(
-                s,
-                lt.pdl_all,
-                K::GeluMul,
-                n8.div_ceil(256) as u32,
-                256,
-                0,
-                &[A::P(b.gu), A::P(b.h), A::I(rows as i32), A::I(f as i32)],
-            )?;
-        }
+            GateUpPath::Cublaslt
+        };
+        self.gate_up_gelu(s, lt, h, pdl, path, &mlp_in, b.gu)?;
         lt.matmul(h, s, residual(f), b.h, l.down_w.ptr, b.x, 0, 1.0)
     }
 
@@ -245,21 +236,69 @@ impl Pi0Cuda {
     }
 }
 
-/// One way to compute the LLM's h = GELU(gate) ⊙ up, for `study_llm_gate_up`.
+/// One way to compute a Gemma MLP's h = GELU(gate) ⊙ up.
 #[derive(Clone, Copy, Debug)]
 enum GateUpPath {
+    /// The gate|up GEMM on cuBLASLt into a [rows][2F] scratch, then gelu_mul_k.
     Cublaslt,
-    Fused(crate::gpu::gateup::Variant),
+    /// kernels/gateup.cu in one of its shapes.
+    Fused(Variant),
 }
 
 impl Pi0Cuda {
+    /// Enqueues `mlp_in`'s h on `s` along `path`; `gu` is the cuBLASLt path's [rows][2F]
+    /// scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_gelu(
+        &self,
+        s: sys::CUstream,
+        lt: &mut LtCache,
+        handle: &LtHandle,
+        pdl: bool,
+        path: GateUpPath,
+        mlp_in: &Problem,
+        gu: u64,
+    ) -> Result<()> {
+        let Problem {
+            x,
+            rows,
+            w,
+            width,
+            f,
+            h,
+        } = *mlp_in;
+        match path {
+            GateUpPath::Fused(v) => gateup::launch(&self.kernels, v, s, pdl, mlp_in),
+            GateUpPath::Cublaslt => {
+                lt.matmul(
+                    handle,
+                    s,
+                    Gemm::linear(rows, 2 * f, width),
+                    x,
+                    w,
+                    gu,
+                    0,
+                    1.0,
+                )?;
+                self.launch(
+                    s,
+                    pdl,
+                    K::GeluMul,
+                    (rows * f).div_ceil(8).div_ceil(256) as u32,
+                    256,
+                    0,
+                    &[A::P(gu), A::P(h), A::I(rows as i32), A::I(f as i32)],
+                )
+            }
+        }
+    }
+
     /// Study (`pi0-bench --gate-up-study N`): the LLM's gate|up projection and GELU·up on
     /// prefix slot 0's last input (run `forward` first), every MLP layer's weights in turn, on
     /// the engine's stream, `iters` times per path: cuBLASLt + gelu_mul_k, and on Hopper each
     /// shape of the fused kernel. Returns (path, µs per layer, rel L2 of the last layer's h
     /// against the cuBLASLt path's).
     pub fn study_llm_gate_up(&self, iters: usize) -> Result<Vec<(String, f64, f64)>> {
-        use crate::gpu::gateup::{self, Variant};
         let p = self.pslot(0)?;
         let rows = self.prefix_len(0);
         let (w, f) = (self.cfg.llm.width, self.cfg.llm.mlp_dim);
@@ -277,8 +316,7 @@ impl Pi0Cuda {
         let handle = self.lt_handle()?;
         let mut lt = p.lt.lock().unwrap();
         let mut paths = vec![GateUpPath::Cublaslt];
-        if self.kernels.arch == "sm_90a" && gateup::covers(rows, w, f) {
-            gateup::prepare(&self.kernels, self.ctx.cu_device())?;
+        if gateup::supported(&self.kernels) && gateup::covers(rows, w, f) {
             paths.extend(
                 Variant::ALL
                     .into_iter()
@@ -288,39 +326,15 @@ impl Pi0Cuda {
         }
         let mut run = |path: GateUpPath| -> Result<()> {
             for l in layers {
-                match path {
-                    GateUpPath::Cublaslt => {
-                        let gate_up = Gemm::linear(rows, 2 * f, w);
-                        lt.matmul(
-                            &handle, s, gate_up, p.xln.ptr, l.gu_w.ptr, p.gu_l.ptr, 0, 1.0,
-                        )?;
-                        self.launch(
-                            s,
-                            false,
-                            K::GeluMul,
-                            (rows * f).div_ceil(8).div_ceil(256) as u32,
-                            256,
-                            0,
-                            &[
-                                A::P(p.gu_l.ptr),
-                                A::P(p.h_l.ptr),
-                                A::I(rows as i32),
-                                A::I(f as i32),
-                            ],
-                        )?;
-                    }
-                    GateUpPath::Fused(v) => {
-                        let problem = gateup::Problem {
-                            x: p.xln.ptr,
-                            rows,
-                            w: l.gu_w.ptr,
-                            width: w,
-                            f,
-                            h: p.h_l.ptr,
-                        };
-                        gateup::launch_variant(&self.kernels, v, s, false, &problem)?
-                    }
-                }
+                let mlp_in = Problem {
+                    x: p.xln.ptr,
+                    rows,
+                    w: l.gu_w.ptr,
+                    width: w,
+                    f,
+                    h: p.h_l.ptr,
+                };
+                self.gate_up_gelu(s, &mut lt, &handle, false, path, &mlp_in, p.gu_l.ptr)?;
             }
             Ok(())
         };
